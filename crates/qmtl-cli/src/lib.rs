@@ -1,0 +1,341 @@
+//! The `qmtl` command line, as a library so that users can build their own binary with
+//! their own strategies:
+//!
+//! ```no_run
+//! use qmtl::strategies::{builtin, MomentumStrategy};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let registry = builtin().with("momentum_fast", "5/20 averages", || MomentumStrategy {
+//!         fast: 5,
+//!         slow: 20,
+//!     });
+//!     qmtl_cli::main_with(registry)
+//! }
+//! ```
+//!
+//! Exit codes: 0 success, 1 runtime failure (a failed backfill, a replay error), 2 usage
+//! error (bad flags, unknown strategy, bad source spec or source content).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use qmtl::engine::BackfillConfig;
+use qmtl::strategies::{StrategyEntry, StrategyRegistry, UnknownStrategy};
+use qmtl::{Dag, Mode, OnMissing, Report, RunError, Runner};
+use signals::CancelOnSignal;
+
+mod signals;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qmtl",
+    version,
+    about = "Run strategies whose caches are backfilled with history"
+)]
+struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Backtest,
+    Dryrun,
+    Live,
+    Offline,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnMissingArg {
+    Skip,
+    Fail,
+    Continue,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Backfill a strategy's caches and run it.
+    Run(RunArgs),
+    /// List the strategies this binary knows.
+    Strategies,
+    /// Print each node's id, name, type, interval and period.
+    Nodes {
+        /// Strategy name (or the guide's module:Class form).
+        strategy: String,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the DAG JSON exactly as it is sent to a gateway.
+    Dag {
+        /// Strategy name (or the guide's module:Class form).
+        strategy: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Strategy name (or the guide's module:Class form, resolved by its Class part).
+    strategy: String,
+    /// How to run.
+    #[arg(long, value_enum, default_value = "backtest")]
+    mode: ModeArg,
+    /// Gateway URL (dryrun and live).
+    #[arg(long, value_name = "URL")]
+    gateway_url: Option<String>,
+    /// History source: csv:PATH, or NAME=SPEC for one stream. Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    backfill_source: Vec<String>,
+    /// Start of history, inclusive: epoch seconds or ISO-8601 UTC.
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    backfill_start: Option<String>,
+    /// End of history, exclusive: epoch seconds or ISO-8601 UTC.
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    backfill_end: Option<String>,
+    /// What a node does when an input skipped a bucket.
+    #[arg(long, value_enum, default_value = "skip")]
+    on_missing: OnMissingArg,
+    /// Serve Prometheus metrics on 127.0.0.1:PORT/metrics during the run.
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// Write the run report as JSON.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    /// Retries per chunk after the first attempt.
+    #[arg(long, default_value_t = 3)]
+    max_retries: usize,
+    /// Backfill jobs at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Seconds one fetch attempt may take before it is retried.
+    #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
+    request_timeout: Option<Duration>,
+    /// Count compute functions' cache reads (cache_read_total).
+    #[arg(long)]
+    track_cache_reads: bool,
+}
+
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "'{text}' is not a positive number of seconds (for example 30 or 0.5)"
+        )),
+    }
+}
+
+/// Runs the command line with `registry` as the known strategies; returns the exit code.
+pub fn main_with(registry: StrategyRegistry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    qmtl::telemetry::init(matches!(cli.log_format, LogFormat::Json));
+    match dispatch(cli.command, &registry) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<UnknownStrategy>().is_some() {
+        return 2;
+    }
+    if let Some(run) = error.downcast_ref::<RunError>() {
+        return if run.is_usage() { 2 } else { 1 };
+    }
+    1
+}
+
+fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Strategies => {
+            for e in registry.entries() {
+                println!("{:<12} {}", e.name, e.about);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes { strategy, json } => {
+            let dag = build(registry.resolve(&strategy)?)?;
+            print_nodes(&dag, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dag { strategy } => {
+            let dag = build(registry.resolve(&strategy)?)?;
+            println!("{}", serde_json::to_string_pretty(&dag.to_json())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let entry = registry.resolve(&args.strategy)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(run(entry, args))
+        }
+    }
+}
+
+fn build(entry: &StrategyEntry) -> Result<Dag, RunError> {
+    Runner::from_arc(Mode::Backtest, entry.make())
+        .strategy_name(&entry.name)
+        .dag()
+}
+
+fn print_nodes(dag: &Dag, json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = dag
+            .nodes()
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node_id": n.id,
+                    "name": n.name,
+                    "node_type": n.node_type,
+                    "interval": n.interval.secs(),
+                    "period": n.period,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<64}  {:<12} {:<12} {:>8} {:>6}",
+        "node_id", "name", "type", "interval", "period"
+    );
+    for n in dag.nodes() {
+        println!(
+            "{:<64}  {:<12} {:<12} {:>8} {:>6}",
+            n.id,
+            n.name,
+            n.node_type.to_string(),
+            n.interval.human(),
+            n.period
+        );
+    }
+    Ok(())
+}
+
+async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mode = match args.mode {
+        ModeArg::Backtest => Mode::Backtest,
+        ModeArg::Dryrun => Mode::Dryrun,
+        ModeArg::Live => Mode::Live,
+        ModeArg::Offline => Mode::Offline,
+    };
+    let on_missing = match args.on_missing {
+        OnMissingArg::Skip => OnMissing::Skip,
+        OnMissingArg::Fail => OnMissing::Fail,
+        OnMissingArg::Continue => OnMissing::Continue,
+    };
+    let timeout = args.request_timeout;
+    let config = BackfillConfig::default()
+        .max_retries(args.max_retries)
+        .concurrency(usize::from(args.concurrency))
+        .request_timeout(timeout);
+
+    let mut runner = Runner::from_arc(mode, entry.make())
+        .strategy_name(&entry.name)
+        .on_missing(on_missing)
+        .backfill_config(config)
+        .track_cache_reads(args.track_cache_reads)
+        .print_plan(true);
+    if let Some(url) = args.gateway_url {
+        runner = runner.gateway_url(url);
+    }
+    for spec in args.backfill_source {
+        runner = runner.backfill_source(spec);
+    }
+    if let Some(t) = args.backfill_start {
+        runner = runner.backfill_start(t);
+    }
+    if let Some(t) = args.backfill_end {
+        runner = runner.backfill_end(t);
+    }
+    if let Some(port) = args.metrics_port {
+        runner = runner.metrics_port(port);
+    }
+    if let Some(path) = &args.report_json {
+        runner = runner.report_json(path);
+    }
+    let signals = CancelOnSignal::install();
+    let runner = runner.cancel_token(signals.token());
+
+    let report = runner.run().await?;
+    print_summary(&report);
+    if let Some(path) = &args.report_json {
+        println!("report written to {}", path.display());
+    }
+    if !report.succeeded() {
+        for job in report.failed_jobs() {
+            eprintln!(
+                "backfill {:?}: node {} ({}) interval {} range [{}, {}): {}",
+                job.status,
+                job.name,
+                job.node_id,
+                job.interval.secs(),
+                job.start,
+                job.end,
+                job.error.as_deref().unwrap_or("cancelled")
+            );
+        }
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(report: &Report) {
+    println!(
+        "{:<10} {:<12} {:>8} {:>6} {:>11} {:>11} {:>11} {:>5} {:>5} {:>8}",
+        "node",
+        "type",
+        "interval",
+        "period",
+        "rows_loaded",
+        "first_ts",
+        "last_ts",
+        "ready",
+        "gaps",
+        "outputs"
+    );
+    let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |t| t.to_string());
+    for n in &report.nodes {
+        println!(
+            "{:<10} {:<12} {:>8} {:>6} {:>11} {:>11} {:>11} {:>5} {:>5} {:>8}",
+            n.name,
+            n.node_type.to_string(),
+            n.interval,
+            n.period,
+            n.rows_loaded,
+            opt(n.first_ts),
+            opt(n.last_ts),
+            n.ready,
+            n.gaps,
+            n.outputs
+        );
+    }
+    println!(
+        "{} events replayed; backfill {:.3}s, replay {:.3}s",
+        report.events, report.timings.backfill_s, report.timings.replay_s
+    );
+}

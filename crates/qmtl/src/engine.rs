@@ -1,0 +1,408 @@
+//! The backfill engine: one job per (node, interval) needing history, run with bounded
+//! concurrency, each job's range fetched in chunks, each chunk retried with exponential
+//! backoff and jitter, and every step visible in metrics, `tracing` events and a
+//! progress bar.
+//!
+//! The engine does not know what the rows are for: each decoded chunk goes to a
+//! [`ChunkSink`] (the runner merges it into caches and keeps it for replay). A failed job
+//! does not stop the others; its [`JobReport`] names the error. Cancellation ends every
+//! job at its next await point, and `backfill_jobs_in_progress` returns to zero however
+//! a job ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{decode, BatchError, Columns};
+use crate::interval::Interval;
+use crate::loader::{CacheLoader, LoaderError};
+use crate::metrics::{Metrics, NodeLabels};
+use crate::node::NodeId;
+use crate::time::Timestamp;
+
+/// How the engine fetches and retries.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BackfillConfig {
+    /// Retries after the first attempt of a chunk (default 3).
+    pub max_retries: usize,
+    /// Jobs running at once (default 4).
+    pub concurrency: usize,
+    /// Buckets per chunk (default 50,000 intervals).
+    pub chunk_buckets: u64,
+    /// First backoff delay (default 100 ms).
+    pub min_delay: Duration,
+    /// Largest backoff delay (default 5 s).
+    pub max_delay: Duration,
+    /// Limit on one fetch attempt (default none).
+    pub request_timeout: Option<Duration>,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            max_retries: 3,
+            concurrency: 4,
+            chunk_buckets: 50_000,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            request_timeout: None,
+        }
+    }
+}
+
+impl BackfillConfig {
+    /// Sets the retry count.
+    pub fn max_retries(mut self, n: usize) -> Self {
+        self.max_retries = n;
+        self
+    }
+    /// Sets the concurrency (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+    /// Sets the chunk size in buckets (at least 1).
+    pub fn chunk_buckets(mut self, n: u64) -> Self {
+        self.chunk_buckets = n.max(1);
+        self
+    }
+    /// Sets the backoff bounds.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_delay = min;
+        self.max_delay = max.max(min);
+        self
+    }
+    /// Sets the per-attempt timeout.
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+}
+
+/// One unit of work: history for a node at an interval over `[start, end)`.
+#[derive(Clone)]
+pub struct BackfillJob {
+    /// The node the history is for.
+    pub node_id: NodeId,
+    /// Its name, for people.
+    pub name: String,
+    /// Its interval.
+    pub interval: Interval,
+    /// Inclusive start.
+    pub start: Timestamp,
+    /// Exclusive end.
+    pub end: Timestamp,
+    /// The payload fields to decode.
+    pub fields: Arc<[String]>,
+    /// Where the rows come from.
+    pub loader: Arc<dyn CacheLoader>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Every chunk loaded.
+    Completed,
+    /// A chunk failed after its retries.
+    Failed,
+    /// Cancelled before completing.
+    Cancelled,
+}
+
+/// The outcome of one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Node name.
+    #[serde(skip)]
+    pub name: String,
+    /// Interval (seconds).
+    pub interval: Interval,
+    /// Requested start.
+    pub start: Timestamp,
+    /// Requested end (exclusive).
+    pub end: Timestamp,
+    /// Rows loaded.
+    pub rows: u64,
+    /// First loaded timestamp.
+    #[serde(skip)]
+    pub first_ts: Option<Timestamp>,
+    /// Last loaded timestamp.
+    #[serde(skip)]
+    pub last_ts: Option<Timestamp>,
+    /// Retried attempts.
+    pub retries: u64,
+    /// The ending.
+    pub status: JobStatus,
+    /// The last error, for a failed job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Receives each decoded chunk of a job, in time order within the job.
+pub trait ChunkSink: Send + Sync {
+    /// Takes the rows of `[start, end)` of job number `job`.
+    ///
+    /// # Errors
+    /// A [`SinkError`]; the job fails without retry.
+    fn accept(
+        &self,
+        job: usize,
+        start: Timestamp,
+        end: Timestamp,
+        rows: Columns,
+    ) -> Result<(), SinkError>;
+}
+
+/// Why a sink refused a chunk.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SinkError {
+    /// An error with a message and its cause.
+    pub fn new(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SinkError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// Why one chunk failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The loader failed.
+    #[error("loader: {0}")]
+    Loader(#[from] LoaderError),
+    /// The batch did not fit the stream.
+    #[error("batch: {0}")]
+    Batch(#[from] BatchError),
+    /// The sink refused the rows.
+    #[error("cache: {0}")]
+    Sink(#[from] SinkError),
+}
+
+impl ChunkError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, ChunkError::Loader(e) if e.is_retryable())
+    }
+}
+
+/// Keeps `backfill_jobs_in_progress` honest: up on creation, down on drop.
+struct InProgress<'a>(&'a Metrics);
+
+impl<'a> InProgress<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.jobs_in_progress.inc();
+        InProgress(metrics)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.jobs_in_progress.dec();
+    }
+}
+
+/// Runs `jobs` and returns one report per job, in the jobs' order.
+pub async fn run_backfill(
+    jobs: Vec<BackfillJob>,
+    config: &BackfillConfig,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn ChunkSink>,
+    cancel: CancellationToken,
+    progress: ProgressBar,
+) -> Vec<JobReport> {
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut set = JoinSet::new();
+    for (index, job) in jobs.iter().cloned().enumerate() {
+        let (permits, metrics, sink, cancel, progress, config) = (
+            permits.clone(),
+            metrics.clone(),
+            sink.clone(),
+            cancel.clone(),
+            progress.clone(),
+            config.clone(),
+        );
+        set.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let report = run_job(index, &job, &config, &metrics, &*sink, &cancel, &progress).await;
+            (index, report)
+        });
+    }
+    let mut reports: Vec<Option<JobReport>> = vec![None; jobs.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((index, report)) => reports[index] = Some(report),
+            Err(error) => tracing::error!(%error, "backfill.job_panicked"),
+        }
+    }
+    progress.finish_and_clear();
+    reports
+        .into_iter()
+        .zip(jobs)
+        .map(|(r, job)| {
+            r.unwrap_or_else(|| JobReport {
+                error: Some("the job's task ended without a report".into()),
+                ..empty_report(&job, JobStatus::Failed)
+            })
+        })
+        .collect()
+}
+
+fn empty_report(job: &BackfillJob, status: JobStatus) -> JobReport {
+    JobReport {
+        node_id: job.node_id.clone(),
+        name: job.name.clone(),
+        interval: job.interval,
+        start: job.start,
+        end: job.end,
+        rows: 0,
+        first_ts: None,
+        last_ts: None,
+        retries: 0,
+        status,
+        error: None,
+    }
+}
+
+async fn fetch_chunk(
+    job: &BackfillJob,
+    start: Timestamp,
+    end: Timestamp,
+    timeout: Option<Duration>,
+) -> Result<Columns, ChunkError> {
+    let fetch = job.loader.fetch(start, end, &job.node_id, job.interval);
+    let batch = match timeout {
+        Some(after) => tokio::time::timeout(after, fetch)
+            .await
+            .map_err(|_| LoaderError::Timeout { after })??,
+        None => fetch.await?,
+    };
+    Ok(decode(&batch, &job.fields, start, end)?)
+}
+
+async fn run_job(
+    index: usize,
+    job: &BackfillJob,
+    config: &BackfillConfig,
+    metrics: &Metrics,
+    sink: &dyn ChunkSink,
+    cancel: &CancellationToken,
+    progress: &ProgressBar,
+) -> JobReport {
+    let _in_progress = InProgress::new(metrics);
+    let labels = NodeLabels::new(&job.node_id, job.interval);
+    let began = Instant::now();
+    let mut report = empty_report(job, JobStatus::Completed);
+    let span = (config.chunk_buckets.saturating_mul(job.interval.secs())).min(i64::MAX as u64);
+    let span = span as i64;
+    tracing::info!(
+        node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+        start = job.start, end = job.end, source = %job.loader.describe(), "backfill.start"
+    );
+
+    let mut chunk_start = job.start;
+    while chunk_start < job.end {
+        let chunk_end = chunk_start.saturating_add(span).min(job.end);
+
+        // Fetch the chunk, retrying transient failures with backoff.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.min_delay)
+            .with_max_delay(config.max_delay)
+            .with_max_times(config.max_retries)
+            .with_jitter();
+        let mut attempt = 1u64;
+        let fetched = (|| fetch_chunk(job, chunk_start, chunk_end, config.request_timeout))
+            .retry(backoff)
+            .when(ChunkError::is_retryable)
+            .notify(|error, delay| {
+                report.retries += 1;
+                metrics.retry_total.get_or_create(&labels).inc();
+                tracing::warn!(
+                    node_id = %job.node_id, interval = job.interval.secs(), start = chunk_start,
+                    end = chunk_end, attempt, delay_ms = delay.as_millis() as u64,
+                    error = %error, "backfill.retry"
+                );
+                attempt += 1;
+            });
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => None,
+            r = fetched => Some(r),
+        };
+
+        // Hand the rows over, or end the job.
+        let result = match outcome {
+            None => {
+                report.status = JobStatus::Cancelled;
+                tracing::info!(node_id = %job.node_id, interval = job.interval.secs(),
+                    rows = report.rows, "backfill.cancelled");
+                break;
+            }
+            Some(r) => r.and_then(|rows| {
+                let (n, first, last) = (rows.len() as u64, rows.ts.first(), rows.ts.last());
+                let (first, last) = (first.copied(), last.copied());
+                sink.accept(index, chunk_start, chunk_end, rows)?;
+                Ok((n, first, last))
+            }),
+        };
+        match result {
+            Ok((rows, first, last)) => {
+                report.rows += rows;
+                report.first_ts = report.first_ts.or(first);
+                if let Some(last) = last {
+                    report.last_ts = Some(last);
+                    metrics.last_timestamp.get_or_create(&labels).set(last);
+                }
+                metrics.rows_total.get_or_create(&labels).inc_by(rows);
+                progress.inc((chunk_end - chunk_start) as u64);
+            }
+            Err(error) => {
+                report.status = JobStatus::Failed;
+                report.error = Some(format!("[{chunk_start}, {chunk_end}): {error}"));
+                metrics.failure_total.get_or_create(&labels).inc();
+                tracing::error!(
+                    node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+                    start = chunk_start, end = chunk_end, attempt, rows = report.rows,
+                    error = %error, "backfill.failed"
+                );
+                break;
+            }
+        }
+        chunk_start = chunk_end;
+    }
+
+    metrics
+        .duration_seconds
+        .get_or_create(&labels)
+        .observe(began.elapsed().as_secs_f64());
+    if report.status == JobStatus::Completed {
+        tracing::info!(
+            node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+            start = job.start, end = job.end, rows = report.rows, retries = report.retries,
+            "backfill.complete"
+        );
+    }
+    report
+}

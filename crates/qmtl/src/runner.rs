@@ -1,0 +1,848 @@
+//! The `Runner`: builds a strategy's DAG, plans and runs its backfill, replays history
+//! through the DAG, and reports.
+//!
+//! Modes: `backtest` and `offline` run locally (backfill, then replay all loaded history
+//! in time order across streams). `dryrun` and `live` register with a gateway, which this
+//! build does not have yet, so they stop at once with an error saying so.
+//!
+//! Without a start and end, the range is the warm-up window the DAG needs: each stream
+//! needs `period` values of its own, extended by what downstream nodes need before they
+//! are ready. The window counts intervals, not trading sessions: a market that closes at
+//! weekends needs an explicit, wider `backfill_start`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), qmtl::RunError> {
+//! use qmtl::strategies::SampleStrategy;
+//! use qmtl::Runner;
+//!
+//! let report = Runner::backtest(SampleStrategy)
+//!     .backfill_source("csv:data/sample.csv")
+//!     .backfill_start(1_700_000_000)
+//!     .backfill_end(1_700_003_600)
+//!     .run()
+//!     .await?;
+//! assert!(report.succeeded());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Columns;
+use crate::cache::{BulkRows, NodeCache};
+use crate::dag::{Dag, DagError, Strategy};
+use crate::engine::{run_backfill, BackfillConfig, BackfillJob, ChunkSink, SinkError};
+use crate::interval::Interval;
+use crate::loader::{CacheLoader, LoaderError};
+use crate::metrics::{self, Metrics, MetricsError, MetricsServer, UpstreamLabels};
+use crate::node::{NodeSpec, NodeType};
+use crate::replay::{replay_merged, Executor, OnMissing, ReplayError};
+use crate::report::{NodeReport, Report, Timings};
+use crate::sources::{SourceMap, SourceSpec, SourceSpecError};
+use crate::telemetry;
+use crate::time::{format_timestamp, parse_timestamp, TimeError, Timestamp};
+
+/// How a strategy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Backfill, then replay all history locally.
+    Backtest,
+    /// Register with a gateway and process live rows without trading.
+    Dryrun,
+    /// Register with a gateway and process live rows.
+    Live,
+    /// Run locally without a gateway.
+    Offline,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Backtest => "backtest",
+            Mode::Dryrun => "dryrun",
+            Mode::Live => "live",
+            Mode::Offline => "offline",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "backtest" => Ok(Mode::Backtest),
+            "dryrun" | "dry-run" => Ok(Mode::Dryrun),
+            "live" => Ok(Mode::Live),
+            "offline" => Ok(Mode::Offline),
+            _ => Err(format!(
+                "mode '{s}' is not one of: backtest, dryrun, live, offline"
+            )),
+        }
+    }
+}
+
+/// A time given as epoch seconds or as text (epoch seconds or ISO-8601).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeArg {
+    /// Epoch seconds.
+    Seconds(Timestamp),
+    /// Text to parse.
+    Text(String),
+}
+
+impl From<i64> for TimeArg {
+    fn from(v: i64) -> Self {
+        TimeArg::Seconds(v)
+    }
+}
+impl From<&str> for TimeArg {
+    fn from(v: &str) -> Self {
+        TimeArg::Text(v.to_owned())
+    }
+}
+impl From<String> for TimeArg {
+    fn from(v: String) -> Self {
+        TimeArg::Text(v)
+    }
+}
+
+impl TimeArg {
+    fn resolve(&self, flag: &'static str) -> Result<Timestamp, RunError> {
+        match self {
+            TimeArg::Seconds(v) => crate::time::check_seconds(*v),
+            TimeArg::Text(t) => parse_timestamp(t),
+        }
+        .map_err(|source| RunError::Time { flag, source })
+    }
+}
+
+/// Why a run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The strategy's DAG is invalid.
+    #[error("strategy '{strategy}': {source}")]
+    Dag {
+        /// The strategy.
+        strategy: String,
+        /// The cause.
+        #[source]
+        source: DagError,
+    },
+    /// A source spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SourceSpecError),
+    /// A start or end time is invalid.
+    #[error("{flag}: {source}")]
+    Time {
+        /// Which flag.
+        flag: &'static str,
+        /// The cause.
+        #[source]
+        source: TimeError,
+    },
+    /// Start not before end.
+    #[error(
+        "backfill range is empty: start {start} ({start_h}) is not before end {end} ({end_h}); \
+         --backfill-start must be earlier than --backfill-end"
+    )]
+    EmptyRange {
+        /// Start.
+        start: Timestamp,
+        /// Start for humans.
+        start_h: String,
+        /// End.
+        end: Timestamp,
+        /// End for humans.
+        end_h: String,
+    },
+    /// A stream has no source.
+    #[error(
+        "stream '{stream}' has no backfill source; give --backfill-source SPEC, or \
+         --backfill-source {stream}=SPEC for this stream only"
+    )]
+    NoSource {
+        /// The stream's name.
+        stream: String,
+    },
+    /// A source mapping names no stream of the strategy.
+    #[error(
+        "--backfill-source names stream '{stream}', which the strategy lacks (streams: {known})"
+    )]
+    UnknownStream {
+        /// The name given.
+        stream: String,
+        /// The strategy's streams.
+        known: String,
+    },
+    /// A source could not be opened.
+    #[error("cannot open backfill source {spec}: {source}")]
+    OpenSource {
+        /// The spec, without secrets.
+        spec: String,
+        /// The cause.
+        #[source]
+        source: LoaderError,
+    },
+    /// Dryrun and live need a gateway.
+    #[error(
+        "mode {mode} needs a gateway, and gateway support is not in this build; run with \
+         --mode backtest or --mode offline to use local history only"
+    )]
+    GatewayUnsupported {
+        /// The mode.
+        mode: Mode,
+    },
+    /// Dryrun and live were given no gateway URL.
+    #[error("mode {mode} needs --gateway-url URL (for example http://127.0.0.1:8000)")]
+    GatewayRequired {
+        /// The mode.
+        mode: Mode,
+    },
+    /// The metrics server did not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// Replay stopped.
+    #[error("replay: {0}")]
+    Replay(#[from] ReplayError),
+    /// The report could not be written.
+    #[error("cannot write report {path}: {source}")]
+    Report {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// Whether the error is a mistake in how the run was asked for (exit code 2), rather
+    /// than a failure while running (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            RunError::OpenSource { source, .. } => source.is_input_error(),
+            RunError::Metrics(_) | RunError::Replay(_) | RunError::Report { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+enum SourceArg {
+    Spec {
+        stream: Option<String>,
+        text: String,
+    },
+    Loader {
+        stream: Option<String>,
+        loader: Arc<dyn CacheLoader>,
+    },
+}
+
+/// Runs a strategy; build with [`Runner::backtest`] and friends, then [`Runner::run`].
+#[must_use]
+pub struct Runner {
+    strategy: Arc<dyn Strategy>,
+    strategy_name: String,
+    mode: Mode,
+    gateway_url: Option<String>,
+    sources: Vec<SourceArg>,
+    start: Option<TimeArg>,
+    end: Option<TimeArg>,
+    on_missing: OnMissing,
+    config: BackfillConfig,
+    metrics: Option<Arc<Metrics>>,
+    metrics_port: Option<u16>,
+    report_json: Option<PathBuf>,
+    print_plan: bool,
+    track_reads: bool,
+    cancel: CancellationToken,
+}
+
+/// One planned backfill: a stream, its range and where its rows come from.
+#[derive(Debug, Clone)]
+pub struct PlanEntry {
+    /// Stream name.
+    pub name: String,
+    /// Stream id.
+    pub node_id: String,
+    /// Interval.
+    pub interval: Interval,
+    /// Start (inclusive).
+    pub start: Timestamp,
+    /// End (exclusive).
+    pub end: Timestamp,
+    /// Source description.
+    pub source: String,
+}
+
+impl Runner {
+    /// A runner for `strategy` in `mode`.
+    pub fn new(mode: Mode, strategy: impl Strategy + 'static) -> Runner {
+        Runner::from_arc(mode, Arc::new(strategy))
+    }
+
+    /// A runner for a shared strategy.
+    pub fn from_arc(mode: Mode, strategy: Arc<dyn Strategy>) -> Runner {
+        Runner {
+            strategy,
+            strategy_name: "strategy".into(),
+            mode,
+            gateway_url: None,
+            sources: Vec::new(),
+            start: None,
+            end: None,
+            on_missing: OnMissing::Skip,
+            config: BackfillConfig::default(),
+            metrics: None,
+            metrics_port: None,
+            report_json: None,
+            print_plan: false,
+            track_reads: false,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Backtest mode.
+    pub fn backtest(strategy: impl Strategy + 'static) -> Runner {
+        Runner::new(Mode::Backtest, strategy)
+    }
+    /// Dry-run mode (needs a gateway).
+    pub fn dryrun(strategy: impl Strategy + 'static) -> Runner {
+        Runner::new(Mode::Dryrun, strategy)
+    }
+    /// Live mode (needs a gateway).
+    pub fn live(strategy: impl Strategy + 'static) -> Runner {
+        Runner::new(Mode::Live, strategy)
+    }
+    /// Offline mode.
+    pub fn offline(strategy: impl Strategy + 'static) -> Runner {
+        Runner::new(Mode::Offline, strategy)
+    }
+
+    /// The name used in logs and the report.
+    pub fn strategy_name(mut self, name: impl Into<String>) -> Self {
+        self.strategy_name = name.into();
+        self
+    }
+    /// The gateway URL.
+    pub fn gateway_url(mut self, url: impl Into<String>) -> Self {
+        self.gateway_url = Some(url.into());
+        self
+    }
+    /// A source spec for every stream (`csv:PATH`), or `NAME=SPEC` for one stream.
+    pub fn backfill_source(mut self, spec: impl Into<String>) -> Self {
+        self.sources.push(SourceArg::Spec {
+            stream: None,
+            text: spec.into(),
+        });
+        self
+    }
+    /// A source spec for the stream named `stream`.
+    pub fn backfill_source_for(mut self, stream: &str, spec: impl Into<String>) -> Self {
+        let stream = Some(stream.to_owned());
+        self.sources.push(SourceArg::Spec {
+            stream,
+            text: spec.into(),
+        });
+        self
+    }
+    /// A loader object for every stream (`stream` None) or for one stream.
+    pub fn backfill_loader(mut self, stream: Option<&str>, loader: Arc<dyn CacheLoader>) -> Self {
+        let stream = stream.map(str::to_owned);
+        self.sources.push(SourceArg::Loader { stream, loader });
+        self
+    }
+    /// Start of the history range (inclusive): epoch seconds or ISO-8601.
+    pub fn backfill_start(mut self, t: impl Into<TimeArg>) -> Self {
+        self.start = Some(t.into());
+        self
+    }
+    /// End of the history range (exclusive): epoch seconds or ISO-8601.
+    pub fn backfill_end(mut self, t: impl Into<TimeArg>) -> Self {
+        self.end = Some(t.into());
+        self
+    }
+    /// What nodes do at gaps.
+    pub fn on_missing(mut self, policy: OnMissing) -> Self {
+        self.on_missing = policy;
+        self
+    }
+    /// Retry, concurrency and chunking settings.
+    pub fn backfill_config(mut self, config: BackfillConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// The metric set to update (default: [`metrics::global`]).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+    /// Serves the metrics on `127.0.0.1:port` for the length of the run.
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
+        self
+    }
+    /// Writes the report as JSON to `path`.
+    pub fn report_json(mut self, path: impl Into<PathBuf>) -> Self {
+        self.report_json = Some(path.into());
+        self
+    }
+    /// Prints the backfill plan to stdout before loading.
+    pub fn print_plan(mut self, on: bool) -> Self {
+        self.print_plan = on;
+        self
+    }
+    /// Counts compute functions' cache reads into `cache_read_total`.
+    pub fn track_cache_reads(mut self, on: bool) -> Self {
+        self.track_reads = on;
+        self
+    }
+    /// A token that cancels the run (backfill jobs stop at their next await point).
+    pub fn cancel_token(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Builds the DAG without running anything.
+    ///
+    /// # Errors
+    /// [`RunError::Dag`].
+    pub fn dag(&self) -> Result<Dag, RunError> {
+        Dag::build(&*self.strategy).map_err(|source| RunError::Dag {
+            strategy: self.strategy_name.clone(),
+            source,
+        })
+    }
+
+    /// Runs the strategy. A backfill job that fails after its retries does not make this
+    /// an error: the report's [`Report::succeeded`] is false and the failed jobs carry
+    /// their last error (replay is skipped, since it would see incomplete history).
+    ///
+    /// # Errors
+    /// [`RunError`] for invalid input ([`RunError::is_usage`]) and for failures that stop
+    /// the run as a whole.
+    pub async fn run(self) -> Result<Report, RunError> {
+        let dag = self.dag()?;
+
+        // Check the mode and the range.
+        if matches!(self.mode, Mode::Dryrun | Mode::Live) {
+            return Err(match self.gateway_url {
+                None => RunError::GatewayRequired { mode: self.mode },
+                Some(_) => RunError::GatewayUnsupported { mode: self.mode },
+            });
+        }
+        if let Some(url) = &self.gateway_url {
+            tracing::warn!(gateway_url = %url, mode = %self.mode, "gateway.ignored_in_local_mode");
+        }
+        let explicit_start = self
+            .start
+            .as_ref()
+            .map(|t| t.resolve("--backfill-start"))
+            .transpose()?;
+        let explicit_end = self
+            .end
+            .as_ref()
+            .map(|t| t.resolve("--backfill-end"))
+            .transpose()?;
+        let end = explicit_end.unwrap_or_else(crate::time::now);
+        let warmup = warmup_events(&dag);
+
+        // Resolve a loader per stream, opening each distinct spec once.
+        let loaders = self.open_sources(&dag).await?;
+
+        // Plan one job per stream.
+        let mut plan = Vec::new();
+        let mut jobs = Vec::new();
+        for (spec, loader) in dag.streams().zip(&loaders) {
+            let events = warmup.get(&spec.id).copied().unwrap_or(spec.period as u64);
+            let start = explicit_start.unwrap_or_else(|| {
+                end.saturating_sub((events as i64).saturating_mul(spec.interval.secs_i64()))
+            });
+            if start >= end {
+                return Err(RunError::EmptyRange {
+                    start,
+                    start_h: format_timestamp(start),
+                    end,
+                    end_h: format_timestamp(end),
+                });
+            }
+            plan.push(PlanEntry {
+                name: spec.name.clone(),
+                node_id: spec.id.to_string(),
+                interval: spec.interval,
+                start,
+                end,
+                source: loader.describe(),
+            });
+            jobs.push(BackfillJob {
+                node_id: spec.id.clone(),
+                name: spec.name.clone(),
+                interval: spec.interval,
+                start,
+                end,
+                fields: spec.fields.clone().into(),
+                loader: loader.clone(),
+            });
+        }
+        self.show_plan(&plan);
+
+        // Serve metrics for the length of the run.
+        let metrics = self
+            .metrics
+            .clone()
+            .unwrap_or_else(|| metrics::global().clone());
+        let _server: Option<MetricsServer> = match self.metrics_port {
+            Some(port) => Some(
+                metrics::serve_metrics(
+                    metrics.clone(),
+                    std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+
+        // Backfill: merge each chunk into the stream's cache and keep it for replay.
+        let began = Instant::now();
+        let stream_indices: Vec<usize> = dag
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.node_type == NodeType::StreamInput)
+            .map(|(i, _)| i)
+            .collect();
+        let sink = Arc::new(HistorySink::new(&dag, &stream_indices, true));
+        let total: u64 = jobs.iter().map(|j| (j.end - j.start) as u64).sum();
+        let bar = telemetry::progress_bar(total, "backfill");
+        let job_reports = run_backfill(
+            jobs,
+            &self.config,
+            metrics.clone(),
+            sink.clone(),
+            self.cancel.clone(),
+            bar,
+        )
+        .await;
+        let backfill_s = began.elapsed().as_secs_f64();
+
+        // Replay history through the DAG when every job completed.
+        let mut exec = Executor::new(&dag, self.on_missing);
+        exec.track_reads(self.track_reads);
+        let (caches, history) = sink.take();
+        for (&index, cache) in stream_indices.iter().zip(caches) {
+            *exec.cache_mut(index) = cache;
+        }
+        let all_completed = job_reports
+            .iter()
+            .all(|j| j.status == crate::JobStatus::Completed);
+        let began = Instant::now();
+        let mut events = 0;
+        if all_completed {
+            let streams: Vec<(usize, &Columns)> =
+                stream_indices.iter().copied().zip(history.iter()).collect();
+            events = replay_merged(&mut exec, &streams)?;
+        }
+        let replay_s = began.elapsed().as_secs_f64();
+        if self.track_reads {
+            export_cache_reads(&exec, &metrics);
+        }
+
+        // Report.
+        let report = build_report(
+            &self.strategy_name,
+            self.mode,
+            &exec,
+            job_reports,
+            events,
+            Timings {
+                backfill_s,
+                replay_s,
+            },
+        );
+        for job in report.failed_jobs() {
+            tracing::error!(
+                node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+                start = job.start, end = job.end, status = ?job.status,
+                error = job.error.as_deref().unwrap_or(""), "backfill.summary_failed"
+            );
+        }
+        tracing::info!(
+            strategy = %self.strategy_name, mode = %self.mode, events,
+            backfill_s, replay_s, succeeded = report.succeeded(), "run.complete"
+        );
+        if let Some(path) = &self.report_json {
+            report.write_json(path).map_err(|source| RunError::Report {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(report)
+    }
+
+    async fn open_sources(&self, dag: &Dag) -> Result<Vec<Arc<dyn CacheLoader>>, RunError> {
+        let names: Vec<&str> = dag.streams().map(|s| s.name.as_str()).collect();
+        let mut texts = Vec::new();
+        let mut objects: Vec<(Option<&str>, &Arc<dyn CacheLoader>)> = Vec::new();
+        for arg in &self.sources {
+            match arg {
+                SourceArg::Spec { stream: None, text } => texts.push(text.clone()),
+                SourceArg::Spec {
+                    stream: Some(s),
+                    text,
+                } => texts.push(format!("{s}={text}")),
+                SourceArg::Loader { stream, loader } => objects.push((stream.as_deref(), loader)),
+            }
+        }
+        let map = SourceMap::parse(&texts)?;
+        let mapped = map.by_stream.iter().map(|(n, _)| n.as_str());
+        for stream in mapped.chain(objects.iter().filter_map(|(s, _)| *s)) {
+            if !names.contains(&stream) {
+                return Err(RunError::UnknownStream {
+                    stream: stream.to_owned(),
+                    known: names.join(", "),
+                });
+            }
+        }
+
+        let mut opened: HashMap<String, Arc<dyn CacheLoader>> = HashMap::new();
+        let mut loaders = Vec::new();
+        for name in names {
+            let object = objects
+                .iter()
+                .find(|(s, _)| *s == Some(name))
+                .or_else(|| objects.iter().find(|(s, _)| s.is_none()));
+            let by_map = map
+                .by_stream
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s);
+            let loader = match (by_map, object, map.default.as_ref()) {
+                (Some(spec), _, _) => open_once(&mut opened, spec).await?,
+                (None, Some((_, loader)), _) => (*loader).clone(),
+                (None, None, Some(spec)) => open_once(&mut opened, spec).await?,
+                (None, None, None) => {
+                    return Err(RunError::NoSource {
+                        stream: name.to_owned(),
+                    })
+                }
+            };
+            loaders.push(loader);
+        }
+        Ok(loaders)
+    }
+
+    fn show_plan(&self, plan: &[PlanEntry]) {
+        for p in plan {
+            tracing::info!(
+                name = %p.name, node_id = %p.node_id, interval = p.interval.secs(),
+                start = p.start, end = p.end, source = %p.source, "backfill.plan"
+            );
+        }
+        if self.print_plan {
+            println!("backfill plan ({} {}):", self.strategy_name, self.mode);
+            for p in plan {
+                println!(
+                    "  {} [{}] interval {} range [{}, {}) = [{}, {}) source {}",
+                    p.name,
+                    &p.node_id[..12],
+                    p.interval.human(),
+                    p.start,
+                    p.end,
+                    format_timestamp(p.start),
+                    format_timestamp(p.end),
+                    p.source
+                );
+            }
+        }
+    }
+}
+
+async fn open_once(
+    opened: &mut HashMap<String, Arc<dyn CacheLoader>>,
+    spec: &SourceSpec,
+) -> Result<Arc<dyn CacheLoader>, RunError> {
+    let key = spec.to_string();
+    if let Some(loader) = opened.get(&key) {
+        return Ok(loader.clone());
+    }
+    let loader = spec.open().await.map_err(|source| RunError::OpenSource {
+        spec: key.clone(),
+        source,
+    })?;
+    opened.insert(key, loader.clone());
+    Ok(loader)
+}
+
+/// Source events each stream must supply before every node downstream of it is ready.
+fn warmup_events(dag: &Dag) -> HashMap<crate::NodeId, u64> {
+    let nodes = dag.nodes();
+    let mut first_out = vec![1u64; nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        if n.node_type != NodeType::StreamInput {
+            let need = n
+                .input_indices
+                .iter()
+                .map(|&u| first_out[u])
+                .max()
+                .unwrap_or(1);
+            first_out[i] = need + n.period as u64 - 1;
+        }
+    }
+    let mut out = HashMap::new();
+    for (s, stream) in nodes.iter().enumerate() {
+        if stream.node_type != NodeType::StreamInput {
+            continue;
+        }
+        let mut reach = vec![false; nodes.len()];
+        reach[s] = true;
+        let mut events = stream.period as u64;
+        for (i, n) in nodes.iter().enumerate().skip(s + 1) {
+            if n.input_indices.iter().any(|&u| reach[u]) {
+                reach[i] = true;
+                events = events.max(first_out[i]);
+            }
+        }
+        out.insert(stream.id.clone(), events);
+    }
+    out
+}
+
+/// Merges chunks into stream caches and keeps the rows for replay.
+struct HistorySink {
+    state: Mutex<(Vec<NodeCache>, Vec<Columns>)>,
+    specs: Vec<NodeSpec>,
+    keep: bool,
+}
+
+impl HistorySink {
+    fn new(dag: &Dag, streams: &[usize], keep: bool) -> Self {
+        let specs: Vec<NodeSpec> = streams.iter().map(|&i| dag.nodes()[i].clone()).collect();
+        let caches = specs.iter().map(NodeCache::for_stream).collect();
+        let history = specs
+            .iter()
+            .map(|s| Columns {
+                ts: Vec::new(),
+                values: vec![Vec::new(); s.fields.len()],
+            })
+            .collect();
+        HistorySink {
+            state: Mutex::new((caches, history)),
+            specs,
+            keep,
+        }
+    }
+
+    fn take(&self) -> (Vec<NodeCache>, Vec<Columns>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *state)
+    }
+}
+
+impl ChunkSink for HistorySink {
+    fn accept(
+        &self,
+        job: usize,
+        start: Timestamp,
+        end: Timestamp,
+        rows: Columns,
+    ) -> Result<(), SinkError> {
+        let spec = &self.specs[job];
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (caches, history) = &mut *state;
+        let columns: Vec<&[f64]> = rows.values.iter().map(Vec::as_slice).collect();
+        let bulk = BulkRows {
+            ts: &rows.ts,
+            columns: &columns,
+        };
+        caches[job]
+            .backfill_bulk(&spec.id, spec.interval, bulk, (start, end))
+            .map_err(|e| SinkError::new(format!("merging into node '{}'", spec.name), e))?;
+        if self.keep {
+            let kept = &mut history[job];
+            kept.ts.extend_from_slice(&rows.ts);
+            for (into, from) in kept.values.iter_mut().zip(&rows.values) {
+                into.extend_from_slice(from);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn export_cache_reads(exec: &Executor, metrics: &Metrics) {
+    for index in 0..exec.nodes().len() {
+        for input in exec.cache(index).inputs() {
+            let labels = UpstreamLabels {
+                upstream_id: input.upstream().to_string(),
+                interval: input.ring().interval().to_string(),
+            };
+            metrics
+                .cache_read_total
+                .get_or_create(&labels)
+                .inc_by(input.reads());
+            if let Some(ts) = input.last_read() {
+                metrics
+                    .cache_last_read_timestamp
+                    .get_or_create(&labels)
+                    .set(ts);
+            }
+        }
+    }
+}
+
+fn build_report(
+    strategy: &str,
+    mode: Mode,
+    exec: &Executor,
+    jobs: Vec<crate::JobReport>,
+    events: u64,
+    timings: Timings,
+) -> Report {
+    let nodes = exec
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let stats = exec.stats(i);
+            let cache = exec.cache(i);
+            let loaded = jobs.iter().filter(|j| j.node_id == spec.id);
+            let is_stream = spec.node_type == NodeType::StreamInput;
+            let (rows, first, last) = if is_stream {
+                loaded.fold(
+                    (0, None, None),
+                    |(r, f, l): (u64, Option<i64>, Option<i64>), j| {
+                        (r + j.rows, f.or(j.first_ts), j.last_ts.or(l))
+                    },
+                )
+            } else {
+                (0, stats.first_ts, stats.last_ts)
+            };
+            NodeReport {
+                node_id: spec.id.clone(),
+                name: spec.name.clone(),
+                node_type: spec.node_type,
+                interval: spec.interval.secs(),
+                period: spec.period,
+                rows_loaded: rows,
+                first_ts: first,
+                last_ts: last,
+                ready: cache.ready(),
+                gaps: cache.gaps(),
+                outputs: stats.outputs,
+            }
+        })
+        .collect();
+    Report {
+        strategy: strategy.to_owned(),
+        mode: mode.to_string(),
+        nodes,
+        jobs,
+        events,
+        timings,
+    }
+}

@@ -1,0 +1,243 @@
+//! History source specifications and the loaders they open.
+//!
+//! A spec is `SCHEME:REST`, parsed once here with errors that list what is accepted:
+//! - `csv:PATH` — a CSV file (see [`CsvLoader`]), the embedded default that needs no
+//!   server.
+//!
+//! For a strategy with several streams, a spec may be prefixed with a stream name,
+//! `NAME=SCHEME:REST`, to feed only that stream; see [`SourceMap`].
+
+mod csv;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use self::csv::CsvLoader;
+use crate::loader::{CacheLoader, LoaderError};
+
+/// The schemes this build understands.
+pub const KNOWN_SCHEMES: &[&str] = &["csv"];
+
+/// A parsed source specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A CSV file.
+    Csv(PathBuf),
+}
+
+/// Why a source spec was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceSpecError {
+    /// Nothing was given.
+    #[error("the backfill source is empty; give one such as csv:data/eurusd_1h.csv")]
+    Empty,
+    /// No `scheme:` prefix.
+    #[error(
+        "backfill source '{input}' has no scheme; write SCHEME:VALUE with SCHEME one of: \
+         {known}{hint}"
+    )]
+    NoScheme {
+        /// The text as given.
+        input: String,
+        /// The known schemes.
+        known: String,
+        /// A suggestion, if one fits.
+        hint: String,
+    },
+    /// An unknown scheme.
+    #[error("unknown backfill source scheme '{scheme}'; known schemes: {known}")]
+    UnknownScheme {
+        /// The scheme given.
+        scheme: String,
+        /// The known schemes.
+        known: String,
+    },
+    /// A scheme with nothing after the colon.
+    #[error("backfill source '{scheme}:' has no {what}; write {scheme}:{example}")]
+    MissingValue {
+        /// The scheme.
+        scheme: String,
+        /// What is missing.
+        what: &'static str,
+        /// A correct example.
+        example: &'static str,
+    },
+    /// `NAME=` with an empty name or spec.
+    #[error("backfill source '{input}' maps a stream but the name or the source is empty")]
+    BadMapping {
+        /// The text as given.
+        input: String,
+    },
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = SourceSpecError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let text = input.trim();
+        if text.is_empty() {
+            return Err(SourceSpecError::Empty);
+        }
+        let known = KNOWN_SCHEMES.join(", ");
+        let Some((scheme, rest)) = text.split_once(':') else {
+            let hint = if text.to_ascii_lowercase().ends_with(".csv") {
+                format!(" (did you mean csv:{text}?)")
+            } else {
+                String::new()
+            };
+            return Err(SourceSpecError::NoScheme {
+                input: text.to_owned(),
+                known,
+                hint,
+            });
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "csv" => {
+                if rest.trim().is_empty() {
+                    return Err(SourceSpecError::MissingValue {
+                        scheme: "csv".into(),
+                        what: "path",
+                        example: "data/eurusd_1h.csv",
+                    });
+                }
+                Ok(SourceSpec::Csv(PathBuf::from(rest.trim())))
+            }
+            other => Err(SourceSpecError::UnknownScheme {
+                scheme: other.to_owned(),
+                known,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SourceSpec {
+    /// The spec as it may be shown to people (never with a password).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Csv(p) => write!(f, "csv:{}", p.display()),
+        }
+    }
+}
+
+impl SourceSpec {
+    /// Opens the loader the spec describes.
+    ///
+    /// # Errors
+    /// The loader's [`LoaderError`] (for a file: unreadable or malformed content).
+    pub async fn open(&self) -> Result<Arc<dyn CacheLoader>, LoaderError> {
+        match self {
+            SourceSpec::Csv(path) => {
+                let path = path.clone();
+                let loader = tokio::task::spawn_blocking(move || CsvLoader::open(path))
+                    .await
+                    .map_err(LoaderError::permanent)??;
+                Ok(Arc::new(loader))
+            }
+        }
+    }
+}
+
+/// Specs by stream: an optional default and per-stream overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceMap {
+    /// The spec for streams without their own.
+    pub default: Option<SourceSpec>,
+    /// `(stream name, spec)` pairs.
+    pub by_stream: Vec<(String, SourceSpec)>,
+}
+
+impl SourceMap {
+    /// Parses `SPEC` and `NAME=SPEC` arguments. A `NAME=` prefix is recognised only
+    /// before the first `:`, so `=` inside a DSN or path is left alone.
+    ///
+    /// # Errors
+    /// The first [`SourceSpecError`].
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<SourceMap, SourceSpecError> {
+        let mut map = SourceMap::default();
+        for arg in args {
+            let arg = arg.as_ref();
+            let colon = arg.find(':').unwrap_or(arg.len());
+            match arg[..colon].split_once('=') {
+                Some((name, rest)) => {
+                    let name = name.trim();
+                    let spec_text = format!("{rest}{}", &arg[colon..]);
+                    if name.is_empty() || spec_text.trim().is_empty() {
+                        return Err(SourceSpecError::BadMapping {
+                            input: arg.to_owned(),
+                        });
+                    }
+                    map.by_stream.push((name.to_owned(), spec_text.parse()?));
+                }
+                None => map.default = Some(arg.parse()?),
+            }
+        }
+        Ok(map)
+    }
+
+    /// The spec for the stream named `name`.
+    pub fn for_stream(&self, name: &str) -> Option<&SourceSpec> {
+        self.by_stream
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+            .or(self.default.as_ref())
+    }
+
+    /// Whether no spec was given.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.by_stream.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_csv_specs() {
+        assert_eq!(
+            "csv:data/x.csv".parse(),
+            Ok(SourceSpec::Csv("data/x.csv".into()))
+        );
+        assert_eq!(
+            "CSV: a b.csv ".parse(),
+            Ok(SourceSpec::Csv("a b.csv".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_the_accepted_forms() {
+        let cases = [
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("data.csv", "did you mean csv:data.csv"),
+            (
+                "ftp:x",
+                "unknown backfill source scheme 'ftp'; known schemes: csv",
+            ),
+            ("csv:", "has no path"),
+        ];
+        for (text, want) in cases {
+            let err = text.parse::<SourceSpec>().unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn maps_streams_by_name() {
+        let map = SourceMap::parse(&["csv:all.csv", "gbp=csv:gbp.csv"]).unwrap();
+        assert_eq!(
+            map.for_stream("gbp"),
+            Some(&SourceSpec::Csv("gbp.csv".into()))
+        );
+        assert_eq!(
+            map.for_stream("eur"),
+            Some(&SourceSpec::Csv("all.csv".into()))
+        );
+        assert!(SourceMap::parse(&["=csv:x"]).is_err());
+        assert!(SourceMap::parse(&["a="]).is_err());
+        let spaced = SourceMap::parse(&["csv:odd=name.csv"]).unwrap();
+        assert_eq!(spaced.default, Some(SourceSpec::Csv("odd=name.csv".into())));
+    }
+}
