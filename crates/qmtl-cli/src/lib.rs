@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use qmtl::engine::BackfillConfig;
+use qmtl::metrics::MetricsError;
 use qmtl::strategies::{StrategyEntry, StrategyRegistry, UnknownStrategy};
 use qmtl::{Dag, Mode, OnMissing, Report, RunError, Runner};
 use signals::CancelOnSignal;
@@ -111,6 +111,9 @@ struct RunArgs {
     /// Serve Prometheus metrics on 127.0.0.1:PORT/metrics during the run.
     #[arg(long, value_name = "PORT")]
     metrics_port: Option<u16>,
+    /// Keep serving /metrics this many seconds after the run ends (Ctrl-C ends it early).
+    #[arg(long, value_name = "SECS", default_value_t = 0, requires = "metrics_port")]
+    metrics_linger: u64,
     /// Write the run report as JSON.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
@@ -121,7 +124,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// Seconds one fetch attempt may take before it is retried.
-    #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = positive_seconds, allow_hyphen_values = true)]
     request_timeout: Option<Duration>,
     /// Count compute functions' cache reads (cache_read_total).
     #[arg(long)]
@@ -150,7 +153,8 @@ pub fn main_with(registry: StrategyRegistry) -> ExitCode {
     match dispatch(cli.command, &registry) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Every error's message already ends with its cause.
+            eprintln!("error: {error}");
             ExitCode::from(exit_code(&error))
         }
     }
@@ -158,6 +162,9 @@ pub fn main_with(registry: StrategyRegistry) -> ExitCode {
 
 fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<UnknownStrategy>().is_some() {
+        return 2;
+    }
+    if let Some(MetricsError::PortInUse { .. }) = error.downcast_ref::<MetricsError>() {
         return 2;
     }
     if let Some(run) = error.downcast_ref::<RunError>() {
@@ -189,7 +196,7 @@ fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<Exi
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .context("starting the async runtime")?;
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
             runtime.block_on(run(entry, args))
         }
     }
@@ -272,9 +279,10 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.backfill_end {
         runner = runner.backfill_end(t);
     }
-    if let Some(port) = args.metrics_port {
-        runner = runner.metrics_port(port);
-    }
+    let server = match args.metrics_port {
+        Some(port) => Some(qmtl::metrics::start_metrics_server(port).await?),
+        None => None,
+    };
     if let Some(path) = &args.report_json {
         runner = runner.report_json(path);
     }
@@ -285,6 +293,19 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
     print_summary(&report);
     if let Some(path) = &args.report_json {
         println!("report written to {}", path.display());
+    }
+    if let (Some(server), true) = (&server, args.metrics_linger > 0) {
+        println!(
+            "serving http://{}/metrics for {}s more (Ctrl-C to stop)",
+            server.local_addr(),
+            args.metrics_linger
+        );
+        let linger = tokio::time::sleep(Duration::from_secs(args.metrics_linger));
+        let stop = signals.token();
+        tokio::select! {
+            () = linger => {}
+            () = stop.cancelled() => {}
+        }
     }
     if !report.succeeded() {
         for job in report.failed_jobs() {

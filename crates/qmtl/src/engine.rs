@@ -314,6 +314,13 @@ async fn run_job(
     let _in_progress = InProgress::new(metrics);
     let labels = NodeLabels::new(&job.node_id, job.interval);
     let began = Instant::now();
+
+    // Every per-node series exists from the job's start, so a scrape during the run
+    // shows all of them (backfill_last_timestamp stays 0 until the first chunk lands).
+    let _ = metrics.last_timestamp.get_or_create(&labels);
+    let _ = metrics.retry_total.get_or_create(&labels);
+    let _ = metrics.failure_total.get_or_create(&labels);
+    let _ = metrics.rows_total.get_or_create(&labels);
     let mut report = empty_report(job, JobStatus::Completed);
     let span = (config.chunk_buckets.saturating_mul(job.interval.secs())).min(i64::MAX as u64);
     let span = span as i64;

@@ -227,7 +227,8 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         match self {
             RunError::OpenSource { source, .. } => source.is_input_error(),
-            RunError::Metrics(_) | RunError::Replay(_) | RunError::Report { .. } => false,
+            RunError::Metrics(m) => matches!(m, MetricsError::PortInUse { .. }),
+            RunError::Replay(_) | RunError::Report { .. } => false,
             _ => true,
         }
     }
