@@ -104,7 +104,10 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_that_fails_once_is_retried_and_counted() {
     let metrics = Arc::new(Metrics::new());
-    let loader = Arc::new(TestLoader { failures: 1, ..TestLoader::new() });
+    let loader = Arc::new(TestLoader {
+        failures: 1,
+        ..TestLoader::new()
+    });
     let report = sample(loader.clone(), metrics.clone()).run().await.unwrap();
 
     assert!(report.succeeded());
@@ -112,33 +115,50 @@ async fn a_chunk_that_fails_once_is_retried_and_counted() {
     assert_eq!(report.jobs[0].rows, 100);
     assert_eq!(loader.calls.load(Ordering::SeqCst), 2);
     let text = metrics.encode();
-    assert_eq!(metric_value(&text, "backfill_retry_total{"), Some(1.0), "{text}");
+    assert_eq!(
+        metric_value(&text, "backfill_retry_total{"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(metric_value(&text, "backfill_jobs_in_progress"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_that_always_fails_fails_its_job_and_leaves_gauges_at_rest() {
     let metrics = Arc::new(Metrics::new());
-    let loader = Arc::new(TestLoader { failures: usize::MAX, ..TestLoader::new() });
+    let loader = Arc::new(TestLoader {
+        failures: usize::MAX,
+        ..TestLoader::new()
+    });
     let report = sample(loader.clone(), metrics.clone()).run().await.unwrap();
 
     assert!(!report.succeeded());
     let job = &report.jobs[0];
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.retries, 3, "default max_retries");
-    assert!(job.error.as_deref().unwrap().contains("connection reset"), "{job:?}");
+    assert!(
+        job.error.as_deref().unwrap().contains("connection reset"),
+        "{job:?}"
+    );
     assert_eq!(loader.calls.load(Ordering::SeqCst), 4);
     assert_eq!(report.events, 0, "no replay over incomplete history");
     let text = metrics.encode();
-    assert_eq!(metric_value(&text, "backfill_failure_total{"), Some(1.0), "{text}");
+    assert_eq!(
+        metric_value(&text, "backfill_failure_total{"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(metric_value(&text, "backfill_jobs_in_progress"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_error_is_not_retried() {
     let metrics = Arc::new(Metrics::new());
-    let loader =
-        Arc::new(TestLoader { failures: usize::MAX, retryable: false, ..TestLoader::new() });
+    let loader = Arc::new(TestLoader {
+        failures: usize::MAX,
+        retryable: false,
+        ..TestLoader::new()
+    });
     let report = sample(loader.clone(), metrics).run().await.unwrap();
     assert_eq!(report.jobs[0].status, JobStatus::Failed);
     assert_eq!(report.jobs[0].retries, 0);
@@ -148,31 +168,60 @@ async fn a_permanent_error_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_source_times_out_and_each_timeout_is_a_retry() {
     let metrics = Arc::new(Metrics::new());
-    let loader = Arc::new(TestLoader { hang: true, ..TestLoader::new() });
-    let config = fast_retries().max_retries(2).request_timeout(Some(Duration::from_millis(50)));
-    let report = sample(loader, metrics.clone()).backfill_config(config).run().await.unwrap();
+    let loader = Arc::new(TestLoader {
+        hang: true,
+        ..TestLoader::new()
+    });
+    let config = fast_retries()
+        .max_retries(2)
+        .request_timeout(Some(Duration::from_millis(50)));
+    let report = sample(loader, metrics.clone())
+        .backfill_config(config)
+        .run()
+        .await
+        .unwrap();
     let job = &report.jobs[0];
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.retries, 2);
-    assert!(job.error.as_deref().unwrap().contains("did not answer within"), "{job:?}");
-    assert_eq!(metric_value(&metrics.encode(), "backfill_retry_total{"), Some(2.0));
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap()
+            .contains("did not answer within"),
+        "{job:?}"
+    );
+    assert_eq!(
+        metric_value(&metrics.encode(), "backfill_retry_total{"),
+        Some(2.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_ends_jobs_and_returns_the_gauge_to_zero() {
     let metrics = Arc::new(Metrics::new());
     let gate = Arc::new(Notify::new());
-    let loader = Arc::new(TestLoader { gate: Some(gate), ..TestLoader::new() });
+    let loader = Arc::new(TestLoader {
+        gate: Some(gate),
+        ..TestLoader::new()
+    });
     let cancel = CancellationToken::new();
-    let run = sample(loader, metrics.clone()).cancel_token(cancel.clone()).run();
+    let run = sample(loader, metrics.clone())
+        .cancel_token(cancel.clone())
+        .run();
     let handle = tokio::spawn(run);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(metric_value(&metrics.encode(), "backfill_jobs_in_progress"), Some(1.0));
+    assert_eq!(
+        metric_value(&metrics.encode(), "backfill_jobs_in_progress"),
+        Some(1.0)
+    );
     cancel.cancel();
     let report = handle.await.unwrap().unwrap();
     assert_eq!(report.jobs[0].status, JobStatus::Cancelled);
     assert!(!report.succeeded());
-    assert_eq!(metric_value(&metrics.encode(), "backfill_jobs_in_progress"), Some(0.0));
+    assert_eq!(
+        metric_value(&metrics.encode(), "backfill_jobs_in_progress"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +229,11 @@ async fn long_ranges_are_fetched_in_contiguous_chunks() {
     let metrics = Arc::new(Metrics::new());
     let loader = Arc::new(TestLoader::new());
     let config = fast_retries().chunk_buckets(30);
-    let report = sample(loader.clone(), metrics).backfill_config(config).run().await.unwrap();
+    let report = sample(loader.clone(), metrics)
+        .backfill_config(config)
+        .run()
+        .await
+        .unwrap();
     let ranges = loader.ranges.lock().unwrap().clone();
     assert_eq!(
         ranges,
@@ -214,7 +267,11 @@ async fn without_a_start_the_plan_loads_the_warm_up_window_the_dag_needs() {
     // The slow average needs 30 bars; the signal is ready with the first slow output.
     assert_eq!(loader.ranges.lock().unwrap()[0], (end - 30 * 3600, end));
     for node in &report.nodes {
-        assert!(node.ready, "{} not ready after its warm-up window", node.name);
+        assert!(
+            node.ready,
+            "{} not ready after its warm-up window",
+            node.name
+        );
     }
 }
 
@@ -249,20 +306,35 @@ async fn guide_metrics_are_scraped_over_http_while_a_job_runs() {
         .unwrap();
     let url = format!("http://{}/metrics", server.local_addr());
     let gate = Arc::new(Notify::new());
-    let loader = Arc::new(TestLoader { gate: Some(gate.clone()), ..TestLoader::new() });
+    let loader = Arc::new(TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    });
     let config = fast_retries().chunk_buckets(60);
-    let run = tokio::spawn(sample(loader, metrics.clone()).backfill_config(config).run());
+    let run = tokio::spawn(
+        sample(loader, metrics.clone())
+            .backfill_config(config)
+            .run(),
+    );
 
     // First chunk is held at the gate: one job in progress.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let during = reqwest::get(&url).await.unwrap().text().await.unwrap();
-    assert_eq!(metric_value(&during, "backfill_jobs_in_progress"), Some(1.0), "{during}");
+    assert_eq!(
+        metric_value(&during, "backfill_jobs_in_progress"),
+        Some(1.0),
+        "{during}"
+    );
 
     // Let the first chunk through, hold the second: last_timestamp is what was loaded.
     gate.notify_one();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mid = reqwest::get(&url).await.unwrap().text().await.unwrap();
-    assert_eq!(metric_value(&mid, "backfill_last_timestamp{"), Some(1_700_000_059.0), "{mid}");
+    assert_eq!(
+        metric_value(&mid, "backfill_last_timestamp{"),
+        Some(1_700_000_059.0),
+        "{mid}"
+    );
     gate.notify_one();
     let report = run.await.unwrap().unwrap();
     assert!(report.succeeded());
@@ -285,15 +357,25 @@ async fn guide_metrics_are_scraped_over_http_while_a_job_runs() {
 async fn a_taken_metrics_port_is_an_error_naming_the_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let err = serve_metrics(Arc::new(Metrics::new()), SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-        .unwrap_err();
+    let err = serve_metrics(
+        Arc::new(Metrics::new()),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, MetricsError::PortInUse { .. }));
     assert!(err.to_string().contains(&port.to_string()), "{err}");
 
     let loader = Arc::new(TestLoader::new());
-    let err = sample(loader, Arc::new(Metrics::new())).metrics_port(port).run().await.unwrap_err();
-    assert!(matches!(err, RunError::Metrics(_)) && err.is_usage(), "{err}");
+    let err = sample(loader, Arc::new(Metrics::new()))
+        .metrics_port(port)
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Metrics(_)) && err.is_usage(),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,18 +395,44 @@ async fn bad_ranges_and_modes_are_usage_errors() {
             "needs --gateway-url",
         ),
         (
-            Runner::backtest(SampleStrategy).backfill_start(0).backfill_end(10),
+            Runner::backtest(SampleStrategy)
+                .backfill_start(0)
+                .backfill_end(10),
             "stream 'price' has no backfill source",
         ),
         (
             Runner::backtest(SampleStrategy).backfill_source("nope=csv:x.csv"),
             "names stream 'nope'",
         ),
-        (Runner::backtest(SampleStrategy).backfill_source("ftp:x"), "known schemes"),
+        (
+            Runner::backtest(SampleStrategy).backfill_source("ftp:x"),
+            "known schemes",
+        ),
     ];
     for (runner, want) in cases {
         let err = runner.run().await.unwrap_err();
         assert!(err.is_usage(), "{err}");
-        assert!(err.to_string().contains(want), "{err} should contain {want}");
+        assert!(
+            err.to_string().contains(want),
+            "{err} should contain {want}"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_cache_reads_feed_the_cache_metrics() {
+    let metrics = Arc::new(Metrics::new());
+    let report = sample(Arc::new(TestLoader::new()), metrics.clone())
+        .track_cache_reads(true)
+        .run()
+        .await
+        .unwrap();
+    let stream = &report.nodes[0].node_id;
+    let text = metrics.encode();
+    // The pass-through node reads `latest()` of the stream once per event.
+    let reads = format!("cache_read_total{{upstream_id=\"{stream}\",interval=\"1\"}} 100");
+    let last =
+        format!("cache_last_read_timestamp{{upstream_id=\"{stream}\",interval=\"1\"}} 1700000099");
+    assert!(text.contains(&reads), "missing {reads} in\n{text}");
+    assert!(text.contains(&last), "missing {last} in\n{text}");
 }

@@ -44,13 +44,25 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 
 fn sma20() -> Dag {
     let mut b = DagBuilder::new();
-    let bars =
-        b.stream_input(StreamInput::new("bars").interval("1h").period(20).fields(["close"])).unwrap();
+    let bars = b
+        .stream_input(
+            StreamInput::new("bars")
+                .interval("1h")
+                .period(20)
+                .fields(["close"]),
+        )
+        .unwrap();
     let sma = b
-        .node(Node::new("sma").input(&bars).period(20).fields(["sma"]).compute("sma@1", |v| {
-            let close = v.input(0).field("close")?;
-            Some(Row::one(close.iter().sum::<f64>() / close.len() as f64))
-        }))
+        .node(
+            Node::new("sma")
+                .input(&bars)
+                .period(20)
+                .fields(["sma"])
+                .compute("sma@1", |v| {
+                    let close = v.input(0).field("close")?;
+                    Some(Row::one(close.iter().sum::<f64>() / close.len() as f64))
+                }),
+        )
         .unwrap();
     b.finish(&sma)
 }
