@@ -21,16 +21,30 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn qmtl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qmtl")).args(args).output().expect("qmtl runs")
+    Command::new(env!("CARGO_BIN_EXE_qmtl"))
+        .args(args)
+        .output()
+        .expect("qmtl runs")
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn backtest(extra: &[&str]) -> Output {
     let source = bundled();
-    let mut args = vec!["run", "momentum", "--mode", "backtest", "--backfill-source", &source];
+    let mut args = vec![
+        "run",
+        "momentum",
+        "--mode",
+        "backtest",
+        "--backfill-source",
+        &source,
+    ];
     args.extend_from_slice(&["--backfill-start", START, "--backfill-end", END]);
     args.extend_from_slice(extra);
     qmtl(&args)
@@ -55,14 +69,19 @@ fn momentum_backtest_on_the_bundled_data_reports_every_figure() {
     assert_eq!(bars["gaps"], 42, "one gap per weekend in the data");
     for n in nodes {
         assert_eq!(n["ready"], true, "{} not ready", n["name"]);
-        for key in ["node_id", "interval", "period", "outputs", "gaps", "first_ts", "last_ts"] {
+        for key in [
+            "node_id", "interval", "period", "outputs", "gaps", "first_ts", "last_ts",
+        ] {
             assert!(n.get(key).is_some(), "missing {key}");
         }
     }
     let signal = nodes.iter().find(|n| n["name"] == "signal").unwrap();
     assert!(signal["outputs"].as_u64().unwrap() > 4000, "{signal}");
     let job = &report["jobs"][0];
-    assert_eq!((job["rows"].as_u64(), job["status"].as_str()), (Some(5000), Some("completed")));
+    assert_eq!(
+        (job["rows"].as_u64(), job["status"].as_str()),
+        (Some(5000), Some("completed"))
+    );
     for key in ["node_id", "interval", "start", "end", "retries"] {
         assert!(job.get(key).is_some(), "missing job {key}");
     }
@@ -144,38 +163,103 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "nosuch"], "known strategies: sample, momentum"),
         (vec!["nodes", "nosuch"], "unknown strategy 'nosuch'"),
-        (vec!["run", "momentum", "--mode", "paper"], "invalid value 'paper'"),
-        (vec!["run", "momentum", "--backfill-source", "ftp:x"], "known schemes"),
-        (vec!["run", "momentum", "--backfill-source", ""], "source is empty"),
-        (vec!["run", "momentum", "--backfill-source", "csv:"], "has no path"),
-        (vec!["run", "momentum", "--backfill-source", &missing_spec], "does-not-exist.csv"),
-        (vec!["run", "momentum", "--backfill-source", &bad_ts_spec], "line 3"),
         (
-            vec!["run", "momentum", "--backfill-source", &source, "--backfill-start", "2019-01-01",
-                "--backfill-end", "2018-01-01"],
+            vec!["run", "momentum", "--mode", "paper"],
+            "invalid value 'paper'",
+        ),
+        (
+            vec!["run", "momentum", "--backfill-source", "ftp:x"],
+            "known schemes",
+        ),
+        (
+            vec!["run", "momentum", "--backfill-source", ""],
+            "source is empty",
+        ),
+        (
+            vec!["run", "momentum", "--backfill-source", "csv:"],
+            "has no path",
+        ),
+        (
+            vec!["run", "momentum", "--backfill-source", &missing_spec],
+            "does-not-exist.csv",
+        ),
+        (
+            vec!["run", "momentum", "--backfill-source", &bad_ts_spec],
+            "line 3",
+        ),
+        (
+            vec![
+                "run",
+                "momentum",
+                "--backfill-source",
+                &source,
+                "--backfill-start",
+                "2019-01-01",
+                "--backfill-end",
+                "2018-01-01",
+            ],
             "is not before end",
         ),
         (
-            vec!["run", "momentum", "--backfill-source", &source, "--backfill-start", "1e9"],
+            vec![
+                "run",
+                "momentum",
+                "--backfill-source",
+                &source,
+                "--backfill-start",
+                "1e9",
+            ],
             "--backfill-start: timestamp '1e9'",
         ),
         (
-            vec!["run", "momentum", "--backfill-source", &source, "--backfill-start",
-                "1492592400000"],
+            vec![
+                "run",
+                "momentum",
+                "--backfill-source",
+                &source,
+                "--backfill-start",
+                "1492592400000",
+            ],
             "looks like milliseconds",
         ),
-        (vec!["run", "momentum", "--mode", "dryrun"], "needs --gateway-url"),
         (
-            vec!["run", "momentum", "--mode", "live", "--gateway-url", "http://127.0.0.1:9"],
+            vec!["run", "momentum", "--mode", "dryrun"],
+            "needs --gateway-url",
+        ),
+        (
+            vec![
+                "run",
+                "momentum",
+                "--mode",
+                "live",
+                "--gateway-url",
+                "http://127.0.0.1:9",
+            ],
             "gateway support is not in this build",
         ),
         (
-            vec!["run", "momentum", "--backfill-source", &source, "--backfill-start", START,
-                "--backfill-end", END, "--metrics-port", &port],
+            vec![
+                "run",
+                "momentum",
+                "--backfill-source",
+                &source,
+                "--backfill-start",
+                START,
+                "--backfill-end",
+                END,
+                "--metrics-port",
+                &port,
+            ],
             "is already in use",
         ),
-        (vec!["run", "momentum", "--request-timeout", "-1"], "positive number of seconds"),
-        (vec!["run", "momentum", "--concurrency", "0"], "--concurrency"),
+        (
+            vec!["run", "momentum", "--request-timeout", "-1"],
+            "positive number of seconds",
+        ),
+        (
+            vec!["run", "momentum", "--concurrency", "0"],
+            "--concurrency",
+        ),
     ];
     for (args, want) in cases {
         let out = qmtl(&args);
@@ -216,5 +300,8 @@ fn runtime_failures_exit_1_and_name_what_failed() {
     let out = backtest(&["--on-missing", "fail"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("jumped from 1492804800 to 1492981200"), "{all}");
+    assert!(
+        all.contains("jumped from 1492804800 to 1492981200"),
+        "{all}"
+    );
 }

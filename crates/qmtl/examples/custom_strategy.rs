@@ -29,8 +29,14 @@ impl CacheLoader for InMemory {
         let lo = self.ts.partition_point(|t| *t < start);
         let hi = self.ts.partition_point(|t| *t < end).max(lo);
         RecordBatch::try_from_iter([
-            ("ts", Arc::new(Int64Array::from(self.ts[lo..hi].to_vec())) as ArrayRef),
-            ("price", Arc::new(Float64Array::from(self.price[lo..hi].to_vec())) as ArrayRef),
+            (
+                "ts",
+                Arc::new(Int64Array::from(self.ts[lo..hi].to_vec())) as ArrayRef,
+            ),
+            (
+                "price",
+                Arc::new(Float64Array::from(self.price[lo..hi].to_vec())) as ArrayRef,
+            ),
         ])
         .map_err(LoaderError::permanent)
     }
@@ -45,15 +51,23 @@ struct Breakout;
 
 impl Strategy for Breakout {
     fn setup(&self, dag: &mut DagBuilder) -> Result<NodeRef, DagError> {
-        let px = dag.stream_input(StreamInput::new("px").interval("1m").period(3).fields(["price"]))?;
-        dag.node(Node::new("breakout").input(&px).period(3).fields(["fired"]).compute(
-            "breakout@1",
-            |view| {
-                let p = view.input(0).field("price")?;
-                let fired = p[2] > p[0].max(p[1]);
-                Some(Row::one(if fired { 1.0 } else { 0.0 }))
-            },
-        ))
+        let px = dag.stream_input(
+            StreamInput::new("px")
+                .interval("1m")
+                .period(3)
+                .fields(["price"]),
+        )?;
+        dag.node(
+            Node::new("breakout")
+                .input(&px)
+                .period(3)
+                .fields(["fired"])
+                .compute("breakout@1", |view| {
+                    let p = view.input(0).field("price")?;
+                    let fired = p[2] > p[0].max(p[1]);
+                    Some(Row::one(if fired { 1.0 } else { 0.0 }))
+                }),
+        )
     }
 }
 
@@ -69,6 +83,9 @@ async fn main() -> Result<(), qmtl::RunError> {
         .run()
         .await?;
     let node = report.node("breakout").expect("declared above");
-    println!("{} bars, breakout computed {} times", report.events, node.outputs);
+    println!(
+        "{} bars, breakout computed {} times",
+        report.events, node.outputs
+    );
     Ok(())
 }

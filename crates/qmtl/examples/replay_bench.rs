@@ -26,10 +26,13 @@ impl CacheLoader for Synthetic {
         _node: &NodeId,
         interval: Interval,
     ) -> Result<RecordBatch, LoaderError> {
-        let ts: Vec<i64> =
-            (interval.bucket_ceil(start)..end).step_by(interval.secs() as usize).collect();
-        let close: Vec<f64> =
-            ts.iter().map(|t| 100.0 + ((*t / 3600) as f64 * 0.01).sin() * 5.0).collect();
+        let ts: Vec<i64> = (interval.bucket_ceil(start)..end)
+            .step_by(interval.secs() as usize)
+            .collect();
+        let close: Vec<f64> = ts
+            .iter()
+            .map(|t| 100.0 + ((*t / 3600) as f64 * 0.01).sin() * 5.0)
+            .collect();
         let col = |v: &Vec<f64>| Arc::new(Float64Array::from(v.clone())) as ArrayRef;
         RecordBatch::try_from_iter([
             ("ts", Arc::new(Int64Array::from(ts.clone())) as ArrayRef),
@@ -52,15 +55,22 @@ struct Sma20;
 
 impl Strategy for Sma20 {
     fn setup(&self, dag: &mut DagBuilder) -> Result<NodeRef, DagError> {
-        let bars =
-            dag.stream_input(StreamInput::new("bars").interval("1h").period(20).fields(["close"]))?;
-        dag.node(Node::new("sma").input(&bars).period(20).fields(["sma"]).compute(
-            "sma@1",
-            |view| {
-                let close = view.input(0).field_at(0);
-                Some(Row::one(close.iter().sum::<f64>() / close.len() as f64))
-            },
-        ))
+        let bars = dag.stream_input(
+            StreamInput::new("bars")
+                .interval("1h")
+                .period(20)
+                .fields(["close"]),
+        )?;
+        dag.node(
+            Node::new("sma")
+                .input(&bars)
+                .period(20)
+                .fields(["sma"])
+                .compute("sma@1", |view| {
+                    let close = view.input(0).field_at(0);
+                    Some(Row::one(close.iter().sum::<f64>() / close.len() as f64))
+                }),
+        )
     }
 }
 
@@ -78,7 +88,10 @@ fn peak_rss_mb() -> f64 {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dag = args.get(1).map_or("sma", String::as_str).to_owned();
-    let rows: i64 = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(1_000_000);
+    let rows: i64 = args
+        .get(2)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1_000_000);
     let start = 1_000_000_000 - 1_000_000_000 % 3600;
     let end = start + rows * 3600;
     let runner = match dag.as_str() {

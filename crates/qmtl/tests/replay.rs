@@ -13,11 +13,19 @@ const H: i64 = 3600;
 /// A stream `a` and a node `sum` adding the latest values of its window (period 2).
 fn sum_dag() -> Dag {
     let mut b = DagBuilder::new();
-    let a = b.stream_input(StreamInput::new("a").interval("1h").period(1).fields(["v"])).unwrap();
+    let a = b
+        .stream_input(StreamInput::new("a").interval("1h").period(1).fields(["v"]))
+        .unwrap();
     let sum = b
-        .node(Node::new("sum").input(&a).period(2).fields(["s"]).compute("sum@1", |view| {
-            Some(Row::one(view.input(0).field("v")?.iter().sum()))
-        }))
+        .node(
+            Node::new("sum")
+                .input(&a)
+                .period(2)
+                .fields(["s"])
+                .compute("sum@1", |view| {
+                    Some(Row::one(view.input(0).field("v")?.iter().sum()))
+                }),
+        )
         .unwrap();
     b.finish(&sum)
 }
@@ -28,7 +36,10 @@ struct Collect(Emitted);
 
 impl OutputSink for Collect {
     fn emit(&mut self, node: &NodeSpec, ts: Timestamp, row: &Row) {
-        self.0.lock().unwrap().push((node.name.clone(), ts, row.values().to_vec()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((node.name.clone(), ts, row.values().to_vec()));
     }
 }
 
@@ -49,7 +60,13 @@ fn a_node_computes_only_once_ready() {
     let (r, out) = run(&sum_dag(), OnMissing::Skip, &[1, 2, 3]);
     assert_eq!(r, Ok(3));
     let out = out.lock().unwrap();
-    assert_eq!(*out, [("sum".into(), 2 * H, vec![3.0]), ("sum".into(), 3 * H, vec![5.0])]);
+    assert_eq!(
+        *out,
+        [
+            ("sum".into(), 2 * H, vec![3.0]),
+            ("sum".into(), 3 * H, vec![5.0])
+        ]
+    );
 }
 
 #[test]
@@ -57,7 +74,11 @@ fn skip_stores_the_value_but_does_not_compute_at_a_gap() {
     let (r, out) = run(&sum_dag(), OnMissing::Skip, &[1, 2, 5, 6]);
     assert_eq!(r, Ok(4));
     let ts: Vec<i64> = out.lock().unwrap().iter().map(|e| e.1).collect();
-    assert_eq!(ts, [2 * H, 6 * H], "no compute at the gap at 5h; 6h sees 5h stored");
+    assert_eq!(
+        ts,
+        [2 * H, 6 * H],
+        "no compute at the gap at 5h; 6h sees 5h stored"
+    );
     assert_eq!(out.lock().unwrap()[1].2, [11.0]);
 }
 
@@ -80,24 +101,44 @@ fn fail_names_node_interval_and_both_timestamps() {
 #[test]
 fn streams_merge_by_time_and_ties_go_in_declaration_order() {
     let mut b = DagBuilder::new();
-    let x = b.stream_input(StreamInput::new("x").interval(1).fields(["v"])).unwrap();
-    let y = b.stream_input(StreamInput::new("y").interval(1).fields(["v"])).unwrap();
+    let x = b
+        .stream_input(StreamInput::new("x").interval(1).fields(["v"]))
+        .unwrap();
+    let y = b
+        .stream_input(StreamInput::new("y").interval(1).fields(["v"]))
+        .unwrap();
     let log = b
-        .node(Node::new("pair").input(&x).input(&y).fields(["x", "y"]).compute("pair@1", |v| {
-            let x = v.input(0).latest()?.value(0);
-            let y = v.input(1).latest()?.value(0);
-            Some(Row::new(&[x, y]))
-        }))
+        .node(
+            Node::new("pair")
+                .input(&x)
+                .input(&y)
+                .fields(["x", "y"])
+                .compute("pair@1", |v| {
+                    let x = v.input(0).latest()?.value(0);
+                    let y = v.input(1).latest()?.value(0);
+                    Some(Row::new(&[x, y]))
+                }),
+        )
         .unwrap();
     let dag = b.finish(&log);
     let mut exec = Executor::new(&dag, OnMissing::Continue);
     let out: Emitted = Arc::default();
     exec.set_output_sink(Box::new(Collect(out.clone())));
-    let xs = Columns { ts: vec![1, 2], values: vec![vec![10.0, 20.0]] };
-    let ys = Columns { ts: vec![2, 3], values: vec![vec![200.0, 300.0]] };
+    let xs = Columns {
+        ts: vec![1, 2],
+        values: vec![vec![10.0, 20.0]],
+    };
+    let ys = Columns {
+        ts: vec![2, 3],
+        values: vec![vec![200.0, 300.0]],
+    };
     assert_eq!(replay_merged(&mut exec, &[(0, &xs), (1, &ys)]), Ok(4));
-    let rows: Vec<(i64, Vec<f64>)> =
-        out.lock().unwrap().iter().map(|(_, t, v)| (*t, v.clone())).collect();
+    let rows: Vec<(i64, Vec<f64>)> = out
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, t, v)| (*t, v.clone()))
+        .collect();
     // At t=2, x arrives first (declared first), so the first pair sees y still empty.
     assert_eq!(rows, [(2, vec![20.0, 200.0]), (3, vec![20.0, 300.0])]);
 }
@@ -105,14 +146,26 @@ fn streams_merge_by_time_and_ties_go_in_declaration_order() {
 #[test]
 fn a_row_of_the_wrong_width_is_an_error_naming_the_node() {
     let mut b = DagBuilder::new();
-    let a = b.stream_input(StreamInput::new("a").interval(1).fields(["v"])).unwrap();
+    let a = b
+        .stream_input(StreamInput::new("a").interval(1).fields(["v"]))
+        .unwrap();
     let bad = b
-        .node(Node::new("bad").input(&a).fields(["x", "y"]).compute("bad@1", |_| {
-            Some(Row::one(1.0))
-        }))
+        .node(
+            Node::new("bad")
+                .input(&a)
+                .fields(["x", "y"])
+                .compute("bad@1", |_| Some(Row::one(1.0))),
+        )
         .unwrap();
     let dag = b.finish(&bad);
     let mut exec = Executor::new(&dag, OnMissing::Skip);
     let err = exec.push(0, 1, &[1.0]).unwrap_err();
-    assert_eq!(err, ReplayError::RowWidth { node: "bad".into(), got: 1, want: 2 });
+    assert_eq!(
+        err,
+        ReplayError::RowWidth {
+            node: "bad".into(),
+            got: 1,
+            want: 2
+        }
+    );
 }
