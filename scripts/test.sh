@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pg_bin=""
-for dir in ${QMTL_PG_BIN:-} /usr/lib/postgresql/*/bin; do
+for dir in ${QMTL_PG_BINDIR:-} /usr/lib/postgresql/*/bin; do
   if [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ]; then pg_bin="$dir"; break; fi
 done
 if [ -z "$pg_bin" ] && command -v initdb >/dev/null && command -v postgres >/dev/null; then
@@ -16,10 +16,10 @@ fi
 if [ -z "$pg_bin" ]; then
   echo "error: PostgreSQL server binaries (initdb, postgres) not found; the database tests" >&2
   echo "need them. Install with: apt-get install -y postgresql (Debian/Ubuntu), or set" >&2
-  echo "QMTL_PG_BIN to the directory holding initdb and postgres." >&2
+  echo "QMTL_PG_BINDIR to the directory holding initdb and postgres." >&2
   exit 1
 fi
-export QMTL_PG_BIN="$pg_bin"
+export QMTL_PG_BINDIR="$pg_bin"
 
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc

@@ -13,20 +13,25 @@
 //! }
 //! ```
 //!
-//! Exit codes: 0 success, 1 runtime failure (a failed backfill, a replay error), 2 usage
-//! error (bad flags, unknown strategy, bad source spec or source content).
+//! Exit codes: 0 success, 1 runtime failure (a failed backfill, a replay error, an
+//! unreachable database), 2 usage error (bad flags, unknown strategy or stream, bad
+//! source spec, refused credentials, missing table, bad source content).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use qmtl::batch::BatchError;
 use qmtl::engine::BackfillConfig;
 use qmtl::metrics::MetricsError;
+use qmtl::recorder::{RecordError, Recorder};
+use qmtl::sources::{SourceSpec, SourceSpecError, DEFAULT_TABLE};
 use qmtl::strategies::{StrategyEntry, StrategyRegistry, UnknownStrategy};
-use qmtl::{Dag, Mode, OnMissing, Report, RunError, Runner};
+use qmtl::{Dag, LoaderError, Mode, OnMissing, Report, RunError, Runner};
 use signals::CancelOnSignal;
 
+mod gateway_cmd;
 mod signals;
 
 /// Log line format.
@@ -84,7 +89,43 @@ enum Command {
         /// Strategy name (or the guide's module:Class form).
         strategy: String,
     },
+    /// Load history (such as a CSV file) into a database table for one stream of a
+    /// strategy, keyed by the stream's node id and interval, so that `qmtl run
+    /// --backfill-source questdb:DSN` finds it. Rows already there for the same
+    /// (node_id, interval, ts) are replaced, so importing twice is harmless.
+    ///
+    /// Example: qmtl import --strategy momentum --stream bars --from csv:data/eurusd_1h.csv
+    /// --into questdb:postgresql://USER:PASSWORD@127.0.0.1:8812/qdb
+    Import(ImportArgs),
+    /// Run the gateway: strategies register their DAG here and learn which nodes other
+    /// running strategies already compute. Stops cleanly on SIGINT/SIGTERM.
+    Gateway(gateway_cmd::GatewayArgs),
 }
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    /// Strategy name (or the guide's module:Class form).
+    #[arg(long)]
+    strategy: String,
+    /// The stream (StreamInput) of the strategy the rows are for, by name.
+    #[arg(long, value_name = "NAME")]
+    stream: String,
+    /// Where the rows come from: csv:PATH, or any backfill source spec.
+    #[arg(long, value_name = "SPEC")]
+    from: String,
+    /// The database to write: questdb:DSN or postgres:DSN
+    /// (DSN = postgresql://USER:PASSWORD@HOST:PORT/DB).
+    #[arg(long, value_name = "SPEC")]
+    into: String,
+    /// The table to write (created when missing).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TABLE)]
+    table: String,
+}
+
+/// A mistake in the command's arguments found after parsing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
@@ -112,7 +153,12 @@ struct RunArgs {
     #[arg(long, value_name = "PORT")]
     metrics_port: Option<u16>,
     /// Keep serving /metrics this many seconds after the run ends (Ctrl-C ends it early).
-    #[arg(long, value_name = "SECS", default_value_t = 0, requires = "metrics_port")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0,
+        requires = "metrics_port"
+    )]
     metrics_linger: u64,
     /// Write the run report as JSON.
     #[arg(long, value_name = "FILE")]
@@ -129,6 +175,25 @@ struct RunArgs {
     /// Count compute functions' cache reads (cache_read_total).
     #[arg(long)]
     track_cache_reads: bool,
+    /// The table questdb: and postgres: sources read.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TABLE)]
+    backfill_table: String,
+    /// Record node outputs into this database (questdb:DSN or postgres:DSN) at the end
+    /// of a run whose replay completed; a later run can backfill from them.
+    #[arg(long, value_name = "SPEC")]
+    record_to: Option<String>,
+    /// The nodes to record, by name, comma-separated (default: the strategy's target
+    /// node, e.g. signal for momentum).
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "record_to"
+    )]
+    record_nodes: Vec<String>,
+    /// The table --record-to writes (created when missing).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TABLE)]
+    record_table: String,
 }
 
 fn positive_seconds(text: &str) -> Result<Duration, String> {
@@ -170,7 +235,20 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(run) = error.downcast_ref::<RunError>() {
         return if run.is_usage() { 2 } else { 1 };
     }
-    1
+    if let Some(record) = error.downcast_ref::<RecordError>() {
+        return if record.is_usage() { 2 } else { 1 };
+    }
+    if let Some(load) = error.downcast_ref::<LoaderError>() {
+        return if load.is_input_error() { 2 } else { 1 };
+    }
+    let usage = error.downcast_ref::<UsageError>().is_some()
+        || error.downcast_ref::<SourceSpecError>().is_some()
+        || error.downcast_ref::<BatchError>().is_some();
+    if usage {
+        2
+    } else {
+        1
+    }
 }
 
 fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<ExitCode> {
@@ -191,6 +269,7 @@ fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<Exi
             println!("{}", serde_json::to_string_pretty(&dag.to_json())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Gateway(args) => gateway_cmd::run(args),
         Command::Run(args) => {
             let entry = registry.resolve(&args.strategy)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -199,7 +278,60 @@ fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<Exi
                 .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
             runtime.block_on(run(entry, args))
         }
+        Command::Import(args) => {
+            let entry = registry.resolve(&args.strategy)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(import(entry, args))
+        }
     }
+}
+
+/// Epoch seconds bounding what `import` reads from its source (the year 5138).
+const IMPORT_LIMIT: i64 = 100_000_000_000;
+
+async fn import(entry: &StrategyEntry, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    // Find the stream the rows are for.
+    let dag = build(entry)?;
+    let Some(stream) = dag.streams().find(|s| s.name == args.stream) else {
+        let names: Vec<&str> = dag.streams().map(|s| s.name.as_str()).collect();
+        return Err(UsageError(format!(
+            "strategy '{}' has no stream '{}' (streams: {})",
+            entry.name,
+            args.stream,
+            names.join(", ")
+        ))
+        .into());
+    };
+
+    // Read every row of the source as the stream's fields.
+    let from: SourceSpec = args.from.parse()?;
+    let loader = from.open().await?;
+    let batch = loader
+        .fetch(-IMPORT_LIMIT, IMPORT_LIMIT, &stream.id, stream.interval)
+        .await?;
+    let columns = qmtl::batch::decode(&batch, &stream.fields, -IMPORT_LIMIT, IMPORT_LIMIT)?;
+
+    // Write them under the stream's node id and interval.
+    let into: SourceSpec = args.into.parse()?;
+    let mut recorder = Recorder::open(&args.into, &args.table).await?;
+    recorder
+        .persist_columns(&stream.id, stream.interval, &stream.fields, &columns)
+        .await?;
+    recorder.flush().await?;
+    println!(
+        "imported {} rows of stream '{}' (node {}, interval {}) from {} into table {} at {}",
+        columns.len(),
+        stream.name,
+        stream.id,
+        stream.interval.secs(),
+        loader.describe(),
+        args.table,
+        into
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn build(entry: &StrategyEntry) -> Result<Dag, RunError> {
@@ -285,6 +417,13 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(path) = &args.report_json {
         runner = runner.report_json(path);
+    }
+    runner = runner.backfill_table(args.backfill_table);
+    if let Some(spec) = args.record_to {
+        runner = runner
+            .record_to(spec)
+            .record_table(args.record_table)
+            .record_nodes(args.record_nodes);
     }
     let signals = CancelOnSignal::install();
     let runner = runner.cancel_token(signals.token());

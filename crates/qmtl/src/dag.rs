@@ -359,6 +359,42 @@ pub struct NodeJson {
     pub config_hash: String,
     /// Hash of the payload schema.
     pub schema_hash: String,
+    /// For a tag query: whether any or all of `tags` must match (absent means any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_mode: Option<TagMatch>,
+}
+
+impl NodeJson {
+    /// The id this node's description gives, computed exactly as [`DagBuilder`] does
+    /// (tags sorted and de-duplicated first), so a gateway can check a received
+    /// `node_id` against the rest of the node.
+    ///
+    /// `None` when the interval or the period is not positive: such a node has no id.
+    pub fn expected_id(&self) -> Option<NodeId> {
+        let interval = Interval::try_from(self.interval).ok()?;
+        let period = usize::try_from(self.period).ok().filter(|p| *p > 0)?;
+        let mut tags = self.tags.clone();
+        tags.sort();
+        tags.dedup();
+        let inputs: Vec<NodeId> = self
+            .inputs
+            .iter()
+            .map(|i| NodeId::from_hex(i.as_str()))
+            .collect();
+        let id = IdParts {
+            node_type: self.node_type,
+            name: &self.name,
+            code_hash: &self.code_hash,
+            config_hash: &self.config_hash,
+            schema_hash: &self.schema_hash,
+            interval,
+            period,
+            tags: &tags,
+            inputs: &inputs,
+        }
+        .node_id();
+        Some(id)
+    }
 }
 
 /// The DAG JSON document: `{"nodes": [...], "target": node_id}`.
@@ -419,6 +455,7 @@ impl Dag {
                 code_hash: n.code_hash.clone(),
                 config_hash: n.config_hash.clone(),
                 schema_hash: n.schema_hash.clone(),
+                match_mode: n.tag_match,
             })
             .collect();
         DagJson {
@@ -540,6 +577,57 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, DagError::ForeignInput { .. }));
+    }
+
+    #[test]
+    fn expected_id_recomputes_every_node_id_of_the_json() {
+        let mut b = DagBuilder::new();
+        let s = b
+            .stream_input(stream("price").tags(["fx", "eurusd"]))
+            .unwrap();
+        b.node(
+            Node::new("out")
+                .input(&s)
+                .fields(["v"])
+                .config(serde_json::json!({ "window": 3 }))
+                .compute("f@1", |_| None),
+        )
+        .unwrap();
+        let q = b
+            .tag_query(
+                TagQueryNode::new("q")
+                    .query_tags(["fx"])
+                    .match_mode(TagMatch::All)
+                    .interval("1h")
+                    .fields(["v"])
+                    .compute("g@1", |_| None),
+            )
+            .unwrap();
+        let json = b.finish(&q).to_json();
+        for n in &json.nodes {
+            assert_eq!(n.expected_id().unwrap().as_str(), n.node_id, "{}", n.name);
+        }
+        assert_eq!(json.nodes[0].match_mode, None);
+        assert_eq!(json.nodes[2].match_mode, Some(TagMatch::All));
+
+        // Tag order does not matter; any described part does; a bad period has no id.
+        let mut n = json.nodes[0].clone();
+        n.tags.reverse();
+        assert_eq!(n.expected_id().unwrap().as_str(), n.node_id);
+        n.name.push('x');
+        assert_ne!(n.expected_id().unwrap().as_str(), n.node_id);
+        n.period = 0;
+        assert_eq!(n.expected_id(), None);
+    }
+
+    #[test]
+    fn match_mode_is_absent_from_json_unless_a_tag_query_has_one() {
+        let mut b = DagBuilder::new();
+        let s = b.stream_input(stream("price")).unwrap();
+        let text = serde_json::to_string(&b.finish(&s).to_json()).unwrap();
+        assert!(!text.contains("match_mode"), "{text}");
+        let back: DagJson = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.nodes[0].match_mode, None);
     }
 
     #[test]

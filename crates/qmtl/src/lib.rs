@@ -5,9 +5,11 @@
 //! processing [`Node`]s whose compute functions read a bounded window of each input
 //! through a [`CacheView`], and [`TagQueryNode`]s whose inputs are found by tag. Before
 //! rows are processed, the backfill engine ([`engine`]) loads history for each stream
-//! from a [`CacheLoader`] (a CSV file with [`sources::CsvLoader`], or any type of your
-//! own) into the caches, in chunks, with retries, metrics ([`metrics`]) and a progress
-//! bar. The [`Runner`] ties it together; the `qmtl` command is a thin layer over it.
+//! from a [`CacheLoader`] (a CSV file with [`sources::CsvLoader`], a QuestDB or
+//! PostgreSQL table with [`QuestDBLoader`], or any type of your own) into the caches, in
+//! chunks, with retries, metrics ([`metrics`]) and a progress bar. A [`Recorder`] writes
+//! node outputs back to a table for later runs. The [`Runner`] ties it together; the
+//! `qmtl` command is a thin layer over it.
 //!
 //! A documented example, whose id is pinned by a test so ids stay stable across
 //! releases and machines:
@@ -38,6 +40,7 @@ pub mod interval;
 pub mod loader;
 pub mod metrics;
 pub mod node;
+pub mod recorder;
 pub mod replay;
 pub mod report;
 pub mod row;
@@ -53,8 +56,10 @@ pub use engine::{BackfillConfig, JobReport, JobStatus};
 pub use interval::{Interval, IntervalError};
 pub use loader::{CacheLoader, LoaderError};
 pub use node::{Node, NodeId, NodeRef, NodeType, StreamInput, TagMatch, TagQueryNode};
+pub use recorder::Recorder;
 pub use replay::OnMissing;
 pub use report::Report;
 pub use row::Row;
 pub use runner::{Mode, RunError, Runner};
+pub use sources::{PostgresLoader, QuestDBLoader};
 pub use time::Timestamp;

@@ -142,6 +142,148 @@ pub enum LoaderError {
         /// The timeout in force.
         after: Duration,
     },
+    /// The database server did not accept a connection (down, wrong host or port).
+    #[error("cannot reach the database server at {addr}: {}", pg_text(source))]
+    Unreachable {
+        /// `host:port`.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The server refused the user's credentials.
+    #[error(
+        "authentication failed for user '{user}' at {addr}; check the user and password \
+         in the DSN: {}",
+        pg_text(source)
+    )]
+    AuthFailed {
+        /// `host:port`.
+        addr: String,
+        /// The user (never the password).
+        user: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No connection could be taken from the pool.
+    #[error("no connection to the database server at {addr}: {source}")]
+    Pool {
+        /// `host:port`.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    /// A table name that is not a plain identifier.
+    #[error(
+        "'{name}' is not a valid table name; use letters, digits and underscores, not \
+         starting with a digit (optionally SCHEMA.TABLE)"
+    )]
+    BadIdentifier {
+        /// The name as given.
+        name: String,
+    },
+    /// The history table does not exist.
+    #[error(
+        "table {table} does not exist at {addr}; load history into it with `qmtl import`, \
+         or name another table with --backfill-table"
+    )]
+    TableMissing {
+        /// The table.
+        table: String,
+        /// `host:port`.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A key column is missing from the history table.
+    #[error("table {table} has no '{column}' column (columns: {found})")]
+    MissingColumn {
+        /// The table.
+        table: String,
+        /// `node_id`, `interval` or `ts`.
+        column: &'static str,
+        /// The table's columns, comma-separated.
+        found: String,
+    },
+    /// `ts` of a type that is not a time.
+    #[error(
+        "table {table}: column 'ts' has type {found}; expected BIGINT epoch seconds, \
+         TIMESTAMP or TIMESTAMPTZ{hint}"
+    )]
+    TsType {
+        /// The table.
+        table: String,
+        /// The SQL type found.
+        found: String,
+        /// A suggestion, if one fits.
+        hint: &'static str,
+    },
+    /// Rows of the node with a null `ts`: the job fails rather than drop them.
+    #[error(
+        "table {table} holds {rows} row(s) with a null ts for node {node_id} at interval \
+         {interval}; a row without a time cannot be placed, so delete or fix them"
+    )]
+    NullTs {
+        /// The table.
+        table: String,
+        /// The node.
+        node_id: NodeId,
+        /// The interval.
+        interval: Interval,
+        /// How many.
+        rows: i64,
+    },
+    /// The server returned rows out of time order.
+    #[error(
+        "table {table}: node {node_id} at interval {interval}: row {row} has ts {ts}, \
+         before the previous row's {previous}; the rows did not arrive ordered by ts"
+    )]
+    OutOfOrder {
+        /// The table.
+        table: String,
+        /// The node.
+        node_id: NodeId,
+        /// The interval.
+        interval: Interval,
+        /// 0-based row of the fetch.
+        row: u64,
+        /// This row's ts.
+        ts: Timestamp,
+        /// The previous row's ts.
+        previous: Timestamp,
+    },
+    /// A query failed on the server or the connection broke during it.
+    #[error("database error at {addr}{}: {}", on_table(table), pg_text(source))]
+    Database {
+        /// `host:port`.
+        addr: String,
+        /// The table, if the query was about one.
+        table: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A value arrived in a form the loader cannot decode.
+    #[error("table {table}: {}", pg_text(source))]
+    Decode {
+        /// The table.
+        table: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The decoded columns did not form a batch.
+    #[error("table {table}: {source}")]
+    Arrow {
+        /// The table.
+        table: String,
+        /// The cause.
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
     /// An error from another loader, marked transient (retried) or permanent.
     #[error("{source}")]
     Custom {
@@ -175,15 +317,37 @@ impl LoaderError {
         match self {
             LoaderError::Timeout { .. } => true,
             LoaderError::Custom { retryable, .. } => *retryable,
+            LoaderError::Unreachable { .. } | LoaderError::Pool { .. } => true,
+            LoaderError::Database { source, .. } => crate::sources::postgres::is_transient(source),
             _ => false,
         }
     }
 
-    /// Whether the error is in the user's input (a file or its content), not the system.
+    /// Whether the error is in the user's input (a file, a DSN's credentials, a table
+    /// name or the table's content), not the system. An unreachable server, a broken
+    /// connection or a failed query is not.
     pub fn is_input_error(&self) -> bool {
         !matches!(
             self,
-            LoaderError::Timeout { .. } | LoaderError::Custom { .. }
+            LoaderError::Timeout { .. }
+                | LoaderError::Custom { .. }
+                | LoaderError::Unreachable { .. }
+                | LoaderError::Pool { .. }
+                | LoaderError::Database { .. }
+                | LoaderError::Decode { .. }
+                | LoaderError::Arrow { .. }
         )
     }
+}
+
+fn on_table(table: &str) -> String {
+    if table.is_empty() {
+        String::new()
+    } else {
+        format!(" on table {table}")
+    }
+}
+
+fn pg_text(error: &tokio_postgres::Error) -> String {
+    crate::sources::postgres::error_text(error)
 }

@@ -5,6 +5,11 @@
 //! in time order across streams). `dryrun` and `live` register with a gateway, which this
 //! build does not have yet, so they stop at once with an error saying so.
 //!
+//! Database sources read the table `node_data` unless [`Runner::backfill_table`] names
+//! another. With [`Runner::record_to`], the outputs of chosen nodes (by default the
+//! strategy's target node) are kept during replay and written to a table at the end of
+//! a run whose replay completed (see [`crate::recorder`]).
+//!
 //! Without a start and end, the range is the warm-up window the DAG needs: each stream
 //! needs `period` values of its own, extended by what downstream nodes need before they
 //! are ready. The window counts intervals, not trading sessions: a market that closes at
@@ -42,9 +47,10 @@ use crate::interval::Interval;
 use crate::loader::{CacheLoader, LoaderError};
 use crate::metrics::{self, Metrics, MetricsError, MetricsServer, UpstreamLabels};
 use crate::node::{NodeSpec, NodeType};
+use crate::recorder::{OutputBuffer, RecordError, Recorder};
 use crate::replay::{replay_merged, Executor, OnMissing, ReplayError};
 use crate::report::{NodeReport, Report, Timings};
-use crate::sources::{SourceMap, SourceSpec, SourceSpecError};
+use crate::sources::{SourceMap, SourceOptions, SourceSpec, SourceSpecError, DEFAULT_TABLE};
 use crate::telemetry;
 use crate::time::{format_timestamp, parse_timestamp, TimeError, Timestamp};
 
@@ -189,6 +195,23 @@ pub enum RunError {
         #[source]
         source: LoaderError,
     },
+    /// Node outputs could not be recorded.
+    #[error("cannot record to {spec}: {source}")]
+    Record {
+        /// The spec, without secrets.
+        spec: String,
+        /// The cause.
+        #[source]
+        source: RecordError,
+    },
+    /// A node to record is not in the strategy.
+    #[error("--record-nodes names node '{name}', which the strategy lacks (nodes: {known})")]
+    UnknownRecordNode {
+        /// The name given.
+        name: String,
+        /// The strategy's nodes.
+        known: String,
+    },
     /// Dryrun and live need a gateway.
     #[error(
         "mode {mode} needs a gateway, and gateway support is not in this build; run with \
@@ -227,6 +250,7 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         match self {
             RunError::OpenSource { source, .. } => source.is_input_error(),
+            RunError::Record { source, .. } => source.is_usage(),
             RunError::Metrics(m) => matches!(m, MetricsError::PortInUse { .. }),
             RunError::Replay(_) | RunError::Report { .. } => false,
             _ => true,
@@ -263,6 +287,16 @@ pub struct Runner {
     print_plan: bool,
     track_reads: bool,
     cancel: CancellationToken,
+    backfill_table: Option<String>,
+    record: Option<RecordSettings>,
+}
+
+/// Where and what [`Runner::record_to`] records.
+#[derive(Debug, Clone)]
+struct RecordSettings {
+    spec: String,
+    table: String,
+    nodes: Vec<String>,
 }
 
 /// One planned backfill: a stream, its range and where its rows come from.
@@ -306,6 +340,8 @@ impl Runner {
             print_plan: false,
             track_reads: false,
             cancel: CancellationToken::new(),
+            backfill_table: None,
+            record: None,
         }
     }
 
@@ -410,6 +446,56 @@ impl Runner {
         self
     }
 
+    /// The table database sources (`questdb:`, `postgres:`) read; default `node_data`.
+    pub fn backfill_table(mut self, table: impl Into<String>) -> Self {
+        self.backfill_table = Some(table.into());
+        self
+    }
+    /// Records node outputs to the database `spec` (`questdb:DSN` or `postgres:DSN`),
+    /// in the table `node_data` unless [`Runner::record_table`] names another.
+    pub fn record_to(mut self, spec: impl Into<String>) -> Self {
+        let settings = self.record.get_or_insert_with(|| RecordSettings {
+            spec: String::new(),
+            table: DEFAULT_TABLE.to_owned(),
+            nodes: Vec::new(),
+        });
+        settings.spec = spec.into();
+        self
+    }
+    /// The table [`Runner::record_to`] writes (created when missing).
+    pub fn record_table(mut self, table: impl Into<String>) -> Self {
+        if let Some(settings) = &mut self.record {
+            settings.table = table.into();
+        } else {
+            self.record = Some(RecordSettings {
+                spec: String::new(),
+                table: table.into(),
+                nodes: Vec::new(),
+            });
+        }
+        self
+    }
+    /// The nodes whose outputs [`Runner::record_to`] writes, by name (default: the
+    /// strategy's target node).
+    pub fn record_nodes<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes = names.into_iter().map(Into::into).collect();
+        match &mut self.record {
+            Some(settings) => settings.nodes = nodes,
+            None => {
+                self.record = Some(RecordSettings {
+                    spec: String::new(),
+                    table: DEFAULT_TABLE.to_owned(),
+                    nodes,
+                })
+            }
+        }
+        self
+    }
+
     /// Builds the DAG without running anything.
     ///
     /// # Errors
@@ -456,6 +542,7 @@ impl Runner {
 
         // Resolve a loader per stream, opening each distinct spec once.
         let loaders = self.open_sources(&dag).await?;
+        let mut recording = self.open_recorder(&dag).await?;
 
         // Plan one job per stream.
         let mut plan = Vec::new();
@@ -535,6 +622,9 @@ impl Runner {
         // Replay history through the DAG when every job completed.
         let mut exec = Executor::new(&dag, self.on_missing);
         exec.track_reads(self.track_reads);
+        if let Some((_, buffer, _)) = &recording {
+            exec.set_output_sink(Box::new(buffer.clone()));
+        }
         let (caches, history) = sink.take();
         for (&index, cache) in stream_indices.iter().zip(caches) {
             *exec.cache_mut(index) = cache;
@@ -550,6 +640,9 @@ impl Runner {
             events = replay_merged(&mut exec, &streams)?;
         }
         let replay_s = began.elapsed().as_secs_f64();
+        if let (Some((recorder, buffer, spec)), true) = (&mut recording, all_completed) {
+            record_outputs(recorder, buffer, spec).await?;
+        }
         if self.track_reads {
             export_cache_reads(&exec, &metrics);
         }
@@ -611,7 +704,13 @@ impl Runner {
             }
         }
 
-        let mut opened: HashMap<String, Arc<dyn CacheLoader>> = HashMap::new();
+        let options = SourceOptions {
+            table: self
+                .backfill_table
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TABLE.to_owned()),
+        };
+        let mut opened: HashMap<SourceSpec, Arc<dyn CacheLoader>> = HashMap::new();
         let mut loaders = Vec::new();
         for name in names {
             let object = objects
@@ -624,9 +723,9 @@ impl Runner {
                 .find(|(n, _)| n == name)
                 .map(|(_, s)| s);
             let loader = match (by_map, object, map.default.as_ref()) {
-                (Some(spec), _, _) => open_once(&mut opened, spec).await?,
+                (Some(spec), _, _) => open_once(&mut opened, spec, &options).await?,
                 (None, Some((_, loader)), _) => (*loader).clone(),
-                (None, None, Some(spec)) => open_once(&mut opened, spec).await?,
+                (None, None, Some(spec)) => open_once(&mut opened, spec, &options).await?,
                 (None, None, None) => {
                     return Err(RunError::NoSource {
                         stream: name.to_owned(),
@@ -636,6 +735,57 @@ impl Runner {
             loaders.push(loader);
         }
         Ok(loaders)
+    }
+
+    /// Connects the recorder, if one was asked for, and picks the nodes to record.
+    async fn open_recorder(
+        &self,
+        dag: &Dag,
+    ) -> Result<Option<(Recorder, OutputBuffer, String)>, RunError> {
+        let Some(settings) = self.record.as_ref().filter(|s| !s.spec.is_empty()) else {
+            return Ok(None);
+        };
+        let nodes: Vec<&NodeSpec> = if settings.nodes.is_empty() {
+            vec![dag.target()]
+        } else {
+            let mut chosen = Vec::new();
+            for name in &settings.nodes {
+                let found = dag.nodes().iter().find(|n| n.name == *name);
+                chosen.push(found.ok_or_else(|| {
+                    RunError::UnknownRecordNode {
+                        name: name.clone(),
+                        known: dag
+                            .nodes()
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
+                })?);
+            }
+            chosen
+        };
+        let spec = match settings.spec.parse::<SourceSpec>() {
+            Ok(spec) => spec.to_string(),
+            Err(source) => {
+                return Err(RunError::Record {
+                    spec: "the --record-to spec".into(),
+                    source: source.into(),
+                })
+            }
+        };
+        let recorder = Recorder::open(&settings.spec, &settings.table)
+            .await
+            .map_err(|source| RunError::Record {
+                spec: spec.clone(),
+                source,
+            })?;
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        tracing::info!(
+            target_spec = %spec, table = %settings.table, nodes = %names.join(","),
+            "record.plan"
+        );
+        Ok(Some((recorder, OutputBuffer::new(&nodes), spec)))
     }
 
     fn show_plan(&self, plan: &[PlanEntry]) {
@@ -665,19 +815,48 @@ impl Runner {
 }
 
 async fn open_once(
-    opened: &mut HashMap<String, Arc<dyn CacheLoader>>,
+    opened: &mut HashMap<SourceSpec, Arc<dyn CacheLoader>>,
     spec: &SourceSpec,
+    options: &SourceOptions,
 ) -> Result<Arc<dyn CacheLoader>, RunError> {
-    let key = spec.to_string();
-    if let Some(loader) = opened.get(&key) {
+    if let Some(loader) = opened.get(spec) {
         return Ok(loader.clone());
     }
-    let loader = spec.open().await.map_err(|source| RunError::OpenSource {
-        spec: key.clone(),
-        source,
-    })?;
-    opened.insert(key, loader.clone());
+    let loader = spec
+        .open_with(options)
+        .await
+        .map_err(|source| RunError::OpenSource {
+            spec: spec.to_string(),
+            source,
+        })?;
+    opened.insert(spec.clone(), loader.clone());
     Ok(loader)
+}
+
+/// Writes what the chosen nodes emitted during replay.
+async fn record_outputs(
+    recorder: &mut Recorder,
+    buffer: &OutputBuffer,
+    spec: &str,
+) -> Result<(), RunError> {
+    let fail = |source| RunError::Record {
+        spec: spec.to_owned(),
+        source,
+    };
+    for recorded in buffer.take() {
+        recorder
+            .persist_columns(
+                &recorded.node_id,
+                recorded.interval,
+                &recorded.fields,
+                &recorded.columns,
+            )
+            .await
+            .map_err(fail)?;
+    }
+    recorder.flush().await.map_err(fail)?;
+    tracing::info!(target_spec = %spec, rows = recorder.written(), "record.complete");
+    Ok(())
 }
 
 /// Source events each stream must supply before every node downstream of it is ready.

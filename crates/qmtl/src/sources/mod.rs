@@ -3,27 +3,56 @@
 //! A spec is `SCHEME:REST`, parsed once here with errors that list what is accepted:
 //! - `csv:PATH` — a CSV file (see [`CsvLoader`]), the embedded default that needs no
 //!   server.
+//! - `questdb:DSN` — a QuestDB table over the PostgreSQL wire (see [`QuestDBLoader`]),
+//!   using only what QuestDB supports; `DSN` is `postgresql://USER:PASSWORD@HOST:PORT/DB`.
+//! - `postgres:DSN`, or a bare `postgresql://...` / `postgres://...` DSN — a PostgreSQL
+//!   (or TimescaleDB) table through the same loader.
+//!
+//! Database sources read the table `node_data` unless told otherwise
+//! ([`SourceOptions::table`], `--backfill-table` on the command line). A spec's
+//! `Display` never shows a password.
 //!
 //! For a strategy with several streams, a spec may be prefixed with a stream name,
 //! `NAME=SCHEME:REST`, to feed only that stream; see [`SourceMap`].
 
 mod csv;
+pub mod postgres;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use self::csv::CsvLoader;
+pub use self::postgres::table::DEFAULT_TABLE;
+pub use self::postgres::{Flavor, LoaderOptions, PgSource, PostgresLoader, QuestDBLoader};
 use crate::loader::{CacheLoader, LoaderError};
 
 /// The schemes this build understands.
-pub const KNOWN_SCHEMES: &[&str] = &["csv"];
+pub const KNOWN_SCHEMES: &[&str] = &["csv", "questdb", "postgres", "postgresql"];
 
 /// A parsed source specification.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SourceSpec {
     /// A CSV file.
     Csv(PathBuf),
+    /// A table on a QuestDB or PostgreSQL server.
+    Postgres(Box<PgSource>),
+}
+
+/// Settings that apply to the sources a run opens.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SourceOptions {
+    /// The table database sources read (default [`DEFAULT_TABLE`]).
+    pub table: String,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            table: DEFAULT_TABLE.to_owned(),
+        }
+    }
 }
 
 /// Why a source spec was rejected.
@@ -60,6 +89,17 @@ pub enum SourceSpecError {
         scheme: String,
         /// What is missing.
         what: &'static str,
+        /// A correct example.
+        example: &'static str,
+    },
+    /// A database DSN that does not parse or lacks a part. Never holds the DSN itself,
+    /// which may carry a password.
+    #[error("backfill source {scheme}: has a bad DSN: {reason}; write {scheme}:{example}")]
+    BadDsn {
+        /// The scheme.
+        scheme: &'static str,
+        /// What is wrong.
+        reason: String,
         /// A correct example.
         example: &'static str,
     },
@@ -103,6 +143,16 @@ impl std::str::FromStr for SourceSpec {
                 }
                 Ok(SourceSpec::Csv(PathBuf::from(rest.trim())))
             }
+            "questdb" | "postgres" if rest.trim().is_empty() => {
+                Err(SourceSpecError::MissingValue {
+                    scheme: scheme.to_ascii_lowercase(),
+                    what: "DSN",
+                    example: "postgresql://USER:PASSWORD@HOST:PORT/DB",
+                })
+            }
+            "questdb" => database(Flavor::QuestDb, rest),
+            "postgres" | "postgresql" if rest.starts_with("//") => database(Flavor::Postgres, text),
+            "postgres" => database(Flavor::Postgres, rest),
             other => Err(SourceSpecError::UnknownScheme {
                 scheme: other.to_owned(),
                 known,
@@ -111,22 +161,50 @@ impl std::str::FromStr for SourceSpec {
     }
 }
 
+fn database(flavor: Flavor, dsn: &str) -> Result<SourceSpec, SourceSpecError> {
+    Ok(SourceSpec::Postgres(Box::new(PgSource::parse(
+        flavor, dsn,
+    )?)))
+}
+
 impl fmt::Display for SourceSpec {
     /// The spec as it may be shown to people (never with a password).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourceSpec::Csv(p) => write!(f, "csv:{}", p.display()),
+            SourceSpec::Postgres(source) => write!(f, "{source}"),
         }
     }
 }
 
 impl SourceSpec {
-    /// Opens the loader the spec describes.
+    /// Opens the loader the spec describes, with default [`SourceOptions`].
     ///
     /// # Errors
-    /// The loader's [`LoaderError`] (for a file: unreadable or malformed content).
+    /// As [`SourceSpec::open_with`].
     pub async fn open(&self) -> Result<Arc<dyn CacheLoader>, LoaderError> {
+        self.open_with(&SourceOptions::default()).await
+    }
+
+    /// Opens the loader the spec describes. A database source connects now and checks
+    /// its table, so an unreachable server or a missing table is reported before any
+    /// backfill starts.
+    ///
+    /// # Errors
+    /// The loader's [`LoaderError`] (for a file: unreadable or malformed content; for a
+    /// database: see [`QuestDBLoader::open`]).
+    pub async fn open_with(
+        &self,
+        options: &SourceOptions,
+    ) -> Result<Arc<dyn CacheLoader>, LoaderError> {
         match self {
+            SourceSpec::Postgres(source) => {
+                let options = postgres::LoaderOptions {
+                    table: options.table.clone(),
+                    ..postgres::LoaderOptions::default()
+                };
+                Ok(Arc::new(QuestDBLoader::open(source, &options).await?))
+            }
             SourceSpec::Csv(path) => {
                 let path = path.clone();
                 let loader = tokio::task::spawn_blocking(move || CsvLoader::open(path))
@@ -214,14 +292,57 @@ mod tests {
             ("data.csv", "did you mean csv:data.csv"),
             (
                 "ftp:x",
-                "unknown backfill source scheme 'ftp'; known schemes: csv",
+                "unknown backfill source scheme 'ftp'; known schemes: csv, questdb, postgres",
             ),
             ("csv:", "has no path"),
+            ("questdb:", "has no DSN"),
+            ("questdb:postgresql://u:secret1@/db", "names no host"),
+            ("postgresql://u:secret2@/db", "names no host"),
+            ("postgres:postgresql://:secret3@h/db", "names no user"),
         ];
         for (text, want) in cases {
             let err = text.parse::<SourceSpec>().unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn parses_database_specs_of_every_form() {
+        let cases = [
+            (
+                "questdb:postgresql://admin:quest@localhost:8812/qdb",
+                Flavor::QuestDb,
+                "questdb:postgresql://admin:***@localhost:8812/qdb",
+            ),
+            (
+                "postgres:postgresql://u:p@127.0.0.1:5433/db",
+                Flavor::Postgres,
+                "postgres:postgresql://u:***@127.0.0.1:5433/db",
+            ),
+            (
+                "postgresql://u:p@h/db",
+                Flavor::Postgres,
+                "postgres:postgresql://u:***@h:5432/db",
+            ),
+            (
+                "postgres://u@h:1/db",
+                Flavor::Postgres,
+                "postgres:postgresql://u@h:1/db",
+            ),
+        ];
+        for (text, flavor, shown) in cases {
+            let Ok(SourceSpec::Postgres(source)) = text.parse::<SourceSpec>() else {
+                panic!("{text} did not parse as a database source");
+            };
+            assert_eq!(source.flavor(), flavor, "{text}");
+            assert_eq!(source.to_string(), shown, "{text}");
+        }
+        let map = SourceMap::parse(&["bars=questdb:postgresql://u:p=q@h/db"]).unwrap();
+        assert!(matches!(
+            map.for_stream("bars"),
+            Some(SourceSpec::Postgres(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! `qmtl gateway`: runs the gateway server (the `qmtl-gateway` crate) until SIGINT or
+//! SIGTERM, then stops gracefully and exits 0.
+//!
+//! Defaults: listen on 127.0.0.1:8000 (loopback only), keep state in the SQLite file
+//! `qmtl-gateway.db` in the working directory, no token. The token may come from
+//! `--token` or, better (it stays out of the process list), from `QMTL_GATEWAY_TOKEN`.
+//! Neither the token nor a DSN password is ever printed or logged. A taken port or a bad
+//! store spec is a usage error (exit code 2); a store that cannot be reached exits 1.
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use qmtl_gateway::{serve, GatewayConfig, StoreSpec, Token, DEFAULT_LISTEN, DEFAULT_STORE};
+
+use crate::signals::CancelOnSignal;
+
+/// The environment variable read when `--token` is not given.
+pub(crate) const TOKEN_ENV: &str = "QMTL_GATEWAY_TOKEN";
+
+/// Arguments of `qmtl gateway`.
+#[derive(clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// Address to listen on; loopback by default (use 0.0.0.0:PORT for all interfaces,
+    /// with a token).
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where strategies are kept: sqlite:PATH (a file, created if missing),
+    /// sqlite::memory: (lost at exit) or postgres:DSN (shared between gateways).
+    #[arg(long, value_name = "SPEC", default_value = DEFAULT_STORE)]
+    store: String,
+    /// Require `Authorization: Bearer TOKEN` on every request (or set
+    /// QMTL_GATEWAY_TOKEN, which keeps the token out of the process list).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+impl fmt::Debug for GatewayArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let store = StoreSpec::parse(&self.store)
+            .map_or_else(|_| "(invalid)".to_owned(), |s| s.to_string());
+        f.debug_struct("GatewayArgs")
+            .field("listen", &self.listen)
+            .field("store", &store)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Runs the gateway until a signal; returns the exit code.
+pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    // Check the arguments.
+    let store = match StoreSpec::parse(&args.store) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let secret = args.token.or_else(|| std::env::var(TOKEN_ENV).ok());
+    let token = secret.as_deref().and_then(Token::new);
+    if !args.listen.ip().is_loopback() && token.is_none() {
+        tracing::warn!(addr = %args.listen, "gateway.listening_without_token");
+    }
+    let config = GatewayConfig::new(store.clone())
+        .listen(args.listen)
+        .token(token.clone());
+
+    // Serve until SIGINT or SIGTERM.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let signals = CancelOnSignal::install();
+        let gateway = match serve(config).await {
+            Ok(g) => g,
+            Err(e) if e.is_usage() => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        println!(
+            "gateway listening on http://{} (store {store}, token {})",
+            gateway.local_addr(),
+            if token.is_some() {
+                "required"
+            } else {
+                "not required"
+            }
+        );
+        let _ = std::io::stdout().flush();
+
+        let stop = signals.token();
+        let handle = gateway.shutdown_handle();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            handle.shutdown();
+        });
+        gateway.wait().await?;
+        println!("gateway stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,230 @@
+//! `qmtl gateway` as a real process: it serves on a free port, registers the momentum
+//! DAG printed by `qmtl dag`, stops on SIGTERM with exit 0, keeps its strategies across
+//! a restart on the same SQLite file, and never prints its token or a DSN password. A
+//! taken port and a bad store spec are usage errors (exit 2).
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "tok-5ecret-value";
+
+fn qmtl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qmtl"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qmtl-gateway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A running `qmtl gateway` and the base URL it printed.
+struct Running {
+    child: Child,
+    base: String,
+    first_line: String,
+}
+
+fn start(store: &str) -> Running {
+    let mut child = qmtl()
+        .args(["gateway", "--listen", "127.0.0.1:0", "--store", store])
+        .env("QMTL_GATEWAY_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qmtl gateway starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+    });
+    let first_line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the gateway prints its address");
+    let addr = first_line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {first_line:?}"))
+        .to_owned();
+    Running {
+        child,
+        base: format!("http://{addr}"),
+        first_line,
+    }
+}
+
+/// Sends SIGTERM and returns the exit status and stderr, within a few seconds.
+fn terminate(mut running: Running) -> (std::process::ExitStatus, String) {
+    let pid = running.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the gateway did not stop within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    running
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+fn momentum_payload() -> Value {
+    let out = qmtl().args(["dag", "momentum"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let dag = String::from_utf8(out.stdout).unwrap();
+    json!({ "dag_json": dag, "meta": null, "run_type": "dry-run" })
+}
+
+#[tokio::test]
+async fn serves_until_sigterm_and_keeps_strategies_across_a_restart() {
+    let db = scratch("restart.db");
+    let store = format!("sqlite:{}", db.display());
+    let client = reqwest::Client::new();
+
+    // First run: the token is required; the momentum DAG registers.
+    let gw = start(&store);
+    assert!(
+        gw.first_line.contains("token required"),
+        "{}",
+        gw.first_line
+    );
+    let r = client
+        .get(format!("{}/status", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(format!("{}/strategies", gw.base))
+        .bearer_auth(TOKEN)
+        .json(&momentum_payload())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["strategy_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first_line = gw.first_line.clone();
+    let (status, stderr) = terminate(gw);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        !first_line.contains(TOKEN) && !stderr.contains(TOKEN),
+        "{stderr}"
+    );
+
+    // Second run on the same file: the strategy is still active and still conflicts.
+    let gw = start(&store);
+    let r = client
+        .get(format!("{}/strategies/{id}/status", gw.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "active"})
+    );
+    let r = client
+        .post(format!("{}/strategies", gw.base))
+        .bearer_auth(TOKEN)
+        .json(&momentum_payload())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let (status, stderr) = terminate(gw);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    let _ = std::fs::remove_file(db);
+}
+
+#[test]
+fn a_port_in_use_is_a_usage_error_naming_the_port() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = qmtl()
+        .args(["gateway", "--store", "sqlite::memory:", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("port {port}")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_bad_store_spec_is_a_usage_error_without_the_password() {
+    for spec in ["mysql://u:pw-s3cret@127.0.0.1/db", "sqlite:", "postgres:"] {
+        let out = qmtl()
+            .args(["gateway", "--listen", "127.0.0.1:0", "--store", spec])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{spec}: {}", text(&out));
+        assert!(text(&out).contains("sqlite:PATH"), "{}", text(&out));
+        assert!(!text(&out).contains("pw-s3cret"), "{}", text(&out));
+    }
+}
+
+#[test]
+fn an_unreachable_postgres_store_fails_without_printing_the_password() {
+    // A listener of our own that hangs up on every connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let spec = format!("postgres:postgresql://qmtl:pw-s3cret@127.0.0.1:{port}/qmtl");
+    let out = qmtl()
+        .args(["gateway", "--listen", "127.0.0.1:0", "--store", &spec])
+        .args(["--log-format", "json"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains(&format!("127.0.0.1:{port}/qmtl")), "{all}");
+    assert!(!all.contains("pw-s3cret"), "{all}");
+}

@@ -1,0 +1,582 @@
+//! The gateway's store: which strategies are registered, their DAGs verbatim, and the
+//! node index that answers "who already computes node X" and "which queues carry these
+//! tags".
+//!
+//! Two backends share one schema and one set of operations: an embedded SQLite database
+//! ([`sqlite`], a file or memory) and PostgreSQL ([`postgres`], for gateways that share
+//! state). Every statement binds its values as parameters; no SQL is ever assembled from
+//! user input. The tables are `gateway_strategies` (one row per registration, with the
+//! DAG text, `meta`, run type, status and the queue map it was given) and
+//! `gateway_nodes` (one row per node of each registration, with its id, type, name,
+//! interval and tags). A unique index on the DAG hash of active strategies makes "the
+//! same DAG registered twice" a conflict even between gateways sharing PostgreSQL.
+//!
+//! This module owns the store spec (`sqlite:PATH`, `sqlite::memory:`, `postgres:DSN`),
+//! which never shows a DSN password when printed, and [`StoreError`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+
+use qmtl::TagMatch;
+use serde_json::{Map, Value};
+
+use crate::queue::{queue_name, tags_match};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// Where the gateway keeps its state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// A SQLite database file, created when missing.
+    Sqlite(PathBuf),
+    /// A SQLite database in memory, lost when the gateway stops.
+    SqliteMemory,
+    /// A PostgreSQL database, by DSN (URL or `key=value` form).
+    Postgres(String),
+}
+
+/// The default store: a SQLite file in the working directory.
+pub const DEFAULT_STORE: &str = "sqlite:qmtl-gateway.db";
+
+impl StoreSpec {
+    /// Parses `sqlite:PATH`, `sqlite::memory:` or `postgres:DSN` (a bare `postgres://` or
+    /// `postgresql://` URL is accepted as the DSN too).
+    ///
+    /// # Errors
+    /// [`StoreError::BadSpec`] naming the accepted forms.
+    pub fn parse(text: &str) -> Result<StoreSpec, StoreError> {
+        let bad = || StoreError::BadSpec {
+            spec: redact_dsn(text),
+        };
+        if text == "sqlite::memory:" {
+            return Ok(StoreSpec::SqliteMemory);
+        }
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(bad());
+            }
+            return Ok(StoreSpec::Sqlite(PathBuf::from(path)));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreSpec::Postgres(text.to_owned()));
+        }
+        if let Some(dsn) = text
+            .strip_prefix("postgres:")
+            .or_else(|| text.strip_prefix("postgresql:"))
+        {
+            if dsn.trim().is_empty() {
+                return Err(bad());
+            }
+            return Ok(StoreSpec::Postgres(dsn.to_owned()));
+        }
+        Err(bad())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreSpec::Sqlite(_) | StoreSpec::SqliteMemory => "sqlite",
+            StoreSpec::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            StoreSpec::SqliteMemory => f.write_str("sqlite::memory:"),
+            StoreSpec::Postgres(dsn) => write!(f, "postgres:{}", redact_dsn(dsn)),
+        }
+    }
+}
+
+impl fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreSpec({self})")
+    }
+}
+
+/// `dsn` with every password replaced by `***`: the password of a URL's user info and
+/// the value of any `password=` setting (key-value form or URL query).
+pub fn redact_dsn(dsn: &str) -> String {
+    let mut out = dsn.to_owned();
+
+    // URL user info: scheme://user:password@host
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+
+    // password=VALUE anywhere (key-value DSNs and URL query strings).
+    let mut from = 0;
+    loop {
+        let lower = out.to_ascii_lowercase();
+        let Some(found) = lower[from..].find("password") else {
+            break;
+        };
+        let mut i = from + found + "password".len();
+        let bytes = out.as_bytes();
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        if i >= bytes.len() || bytes[i] != b'=' {
+            from = i;
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        let end = if i < bytes.len() && bytes[i] == b'\'' {
+            // A quoted value ends at the next unescaped quote.
+            let mut j = i + 1;
+            while j < bytes.len() && bytes[j] != b'\'' {
+                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            }
+            (j + 1).min(bytes.len())
+        } else {
+            out[i..]
+                .find(|c: char| c.is_whitespace() || c == '&' || c == '#')
+                .map_or(out.len(), |e| i + e)
+        };
+        out.replace_range(i..end, "***");
+        from = i + 3;
+    }
+    out
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store spec is not one of the accepted forms.
+    #[error(
+        "store '{spec}' is not understood; use sqlite:PATH, sqlite::memory: or \
+         postgres:DSN"
+    )]
+    BadSpec {
+        /// The spec as given, password redacted.
+        spec: String,
+    },
+    /// The PostgreSQL DSN does not parse.
+    #[error("the PostgreSQL DSN of store '{spec}' is not valid: {source}")]
+    BadDsn {
+        /// The spec, password redacted.
+        spec: String,
+        /// The parse error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The SQLite database could not be opened or set up.
+    #[error("cannot open the SQLite store {path}: {source}")]
+    SqliteOpen {
+        /// The path (or `:memory:`).
+        path: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A SQLite statement failed.
+    #[error("SQLite store: {op} failed: {source}")]
+    Sqlite {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The SQLite worker thread could not be started.
+    #[error("cannot start the SQLite store thread: {source}")]
+    SqliteThread {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SQLite worker thread is gone (the gateway is stopping).
+    #[error("SQLite store: {op} failed: the store is closed")]
+    SqliteClosed {
+        /// The operation.
+        op: &'static str,
+    },
+    /// No PostgreSQL connection could be had.
+    #[error("cannot connect to the PostgreSQL store at {target}: {source}")]
+    PostgresConnect {
+        /// host:port/dbname, without credentials.
+        target: String,
+        /// The cause.
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    /// A PostgreSQL statement failed.
+    #[error("PostgreSQL store: {op} failed: {source}")]
+    Postgres {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The PostgreSQL connection pool could not be built.
+    #[error("cannot set up the PostgreSQL store at {target}: {source}")]
+    PostgresPool {
+        /// host:port/dbname, without credentials.
+        target: String,
+        /// The cause.
+        #[source]
+        source: deadpool_postgres::BuildError,
+    },
+    /// A stored JSON column does not parse.
+    #[error("strategy {strategy_id}: stored {column} is not valid JSON: {source}")]
+    Corrupt {
+        /// The strategy.
+        strategy_id: String,
+        /// The column.
+        column: &'static str,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The same DAG is registered and active already.
+    #[error(
+        "the same DAG (hash {dag_hash}) is already registered as active strategy \
+         {strategy_id}; end it with DELETE /strategies/{strategy_id} first"
+    )]
+    Duplicate {
+        /// The DAG's canonical hash.
+        dag_hash: String,
+        /// The active strategy that has it.
+        strategy_id: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the error is a duplicate registration (HTTP 409).
+    pub fn is_conflict(&self) -> bool {
+        self.conflicting_strategy().is_some()
+    }
+
+    /// For a duplicate registration, the active strategy that has the same DAG.
+    pub fn conflicting_strategy(&self) -> Option<&str> {
+        match self {
+            StoreError::Duplicate { strategy_id, .. } => Some(strategy_id),
+            _ => None,
+        }
+    }
+
+    /// Whether the error is in the user's configuration (a bad spec or DSN).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StoreError::BadSpec { .. } | StoreError::BadDsn { .. })
+    }
+}
+
+/// A strategy's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Registered; its nodes are offered to others.
+    Active,
+    /// Ended by `DELETE`; its nodes are no longer offered.
+    Ended,
+}
+
+impl Status {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Ended => "ended",
+        }
+    }
+
+    /// Parses a stored name (anything unknown reads as ended, offering nothing).
+    pub fn parse(text: &str) -> Status {
+        if text == "active" {
+            Status::Active
+        } else {
+            Status::Ended
+        }
+    }
+}
+
+/// One node row to store.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    /// Hex node id.
+    pub node_id: String,
+    /// `StreamInput`, `Node` or `TagQueryNode`.
+    pub node_type: String,
+    /// Name, verbatim.
+    pub name: String,
+    /// Interval in seconds.
+    pub interval: i64,
+    /// Tags as a JSON array, verbatim.
+    pub tags_json: String,
+}
+
+/// A tag query of a new registration, to resolve against other active strategies.
+#[derive(Debug, Clone)]
+pub struct TagQuery {
+    /// The tag query node's id (the queue map key).
+    pub node_id: String,
+    /// Its interval in seconds.
+    pub interval: i64,
+    /// Its query tags.
+    pub tags: Vec<String>,
+    /// Any or all.
+    pub mode: TagMatch,
+}
+
+/// Everything stored for a new registration.
+#[derive(Debug, Clone)]
+pub struct NewStrategy {
+    /// The new id.
+    pub strategy_id: String,
+    /// The DAG's canonical hash.
+    pub dag_hash: String,
+    /// The DAG text, verbatim.
+    pub dag_text: String,
+    /// `meta` as JSON text.
+    pub meta_text: Option<String>,
+    /// The run type's wire name.
+    pub run_type: &'static str,
+    /// Registration time, epoch seconds.
+    pub created_at: i64,
+    /// The DAG's nodes.
+    pub nodes: Vec<NodeRow>,
+    /// Its tag queries.
+    pub tag_queries: Vec<TagQuery>,
+}
+
+/// A stored strategy.
+#[derive(Debug, Clone)]
+pub struct StrategyRecord {
+    /// Its id.
+    pub strategy_id: String,
+    /// Active or ended.
+    pub status: Status,
+    /// The run type's wire name.
+    pub run_type: String,
+    /// The DAG's canonical hash.
+    pub dag_hash: String,
+    /// The queue map it was given at registration.
+    pub queue_map: Map<String, Value>,
+    /// Registration time, epoch seconds.
+    pub created_at: i64,
+}
+
+/// A candidate queue: a node of an active strategy, with its tags as stored.
+pub(crate) struct Candidate {
+    pub node_id: String,
+    pub tags_json: String,
+}
+
+/// The queue ids among `candidates` whose tags match, sorted and de-duplicated.
+pub(crate) fn matching_queues(
+    candidates: &[Candidate],
+    query: &[String],
+    mode: TagMatch,
+) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for c in candidates {
+        // Tags were checked to be a string array when stored; a row that no longer
+        // parses offers nothing rather than failing every query.
+        let tags: Vec<String> = serde_json::from_str(&c.tags_json).unwrap_or_default();
+        if tags_match(&tags, query, mode) {
+            out.insert(queue_name(&c.node_id));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The queue map: shared nodes map to their queue; tag queries to their queue lists.
+pub(crate) fn build_queue_map(
+    shared: Vec<String>,
+    resolved: Vec<(String, Vec<String>)>,
+) -> Map<String, Value> {
+    let mut map = Map::new();
+    for id in shared {
+        let queue = queue_name(&id);
+        map.insert(id, Value::String(queue));
+    }
+    for (id, queues) in resolved {
+        map.insert(
+            id,
+            Value::Array(queues.into_iter().map(Value::String).collect()),
+        );
+    }
+    map
+}
+
+/// An open store.
+pub enum Store {
+    /// Embedded SQLite.
+    Sqlite(sqlite::SqliteStore),
+    /// PostgreSQL.
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Opens (and if needed creates the tables of) the store `spec` names.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be opened, reached or set up.
+    pub async fn open(spec: &StoreSpec) -> Result<Store, StoreError> {
+        match spec {
+            StoreSpec::Sqlite(path) => Ok(Store::Sqlite(
+                sqlite::SqliteStore::open(Some(path.clone())).await?,
+            )),
+            StoreSpec::SqliteMemory => Ok(Store::Sqlite(sqlite::SqliteStore::open(None).await?)),
+            StoreSpec::Postgres(dsn) => Ok(Store::Postgres(
+                postgres::PgStore::open(dsn, &spec.to_string()).await?,
+            )),
+        }
+    }
+
+    /// Stores a registration and returns the queue map it gets, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Duplicate`] when an active strategy has the same DAG hash; other
+    /// variants for database failures.
+    pub async fn register(&self, new: NewStrategy) -> Result<Map<String, Value>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.register(new).await,
+            Store::Postgres(s) => s.register(new).await,
+        }
+    }
+
+    /// The strategy with id `strategy_id`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn strategy(&self, strategy_id: &str) -> Result<Option<StrategyRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.strategy(strategy_id).await,
+            Store::Postgres(s) => s.strategy(strategy_id).await,
+        }
+    }
+
+    /// Ends a strategy; returns false when no such strategy exists. Ending an ended
+    /// strategy is not an error.
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn end(&self, strategy_id: &str, ended_at: i64) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.end(strategy_id, ended_at).await,
+            Store::Postgres(s) => s.end(strategy_id, ended_at).await,
+        }
+    }
+
+    /// Queues of active strategies at `interval` whose tags match `tags` under `mode`.
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn queues_by_tag(
+        &self,
+        tags: Vec<String>,
+        interval: i64,
+        mode: TagMatch,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queues_by_tag(tags, interval, mode).await,
+            Store::Postgres(s) => s.queues_by_tag(tags, interval, mode).await,
+        }
+    }
+
+    /// How many strategies are active; also proves the store answers.
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn active_count(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.active_count().await,
+            Store::Postgres(s) => s.active_count().await,
+        }
+    }
+}
+
+/// Parses a stored queue map.
+pub(crate) fn parse_queue_map(
+    strategy_id: &str,
+    text: &str,
+) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        strategy_id: strategy_id.to_owned(),
+        column: "queue_map",
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_without_passwords() {
+        let cases = [
+            ("sqlite:qmtl-gateway.db", "sqlite:qmtl-gateway.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            (
+                "postgres:postgresql://u:s3cret@127.0.0.1:5432/db",
+                "postgres:postgresql://u:***@127.0.0.1:5432/db",
+            ),
+            (
+                "postgresql://u:s3cret@h/db?sslmode=disable",
+                "postgres:postgresql://u:***@h/db?sslmode=disable",
+            ),
+            (
+                "postgres:host=h user=u password=s3cret dbname=d",
+                "postgres:host=h user=u password=*** dbname=d",
+            ),
+            (
+                "postgres:host=h password = 's3 cret' dbname=d",
+                "postgres:host=h password = *** dbname=d",
+            ),
+            (
+                "postgres:postgresql://h/db?user=u&password=s3cret&x=1",
+                "postgres:postgresql://h/db?user=u&password=***&x=1",
+            ),
+        ];
+        for (text, shown) in cases {
+            let spec = StoreSpec::parse(text).unwrap();
+            assert_eq!(spec.to_string(), shown, "{text}");
+            assert!(!format!("{spec:?}").contains("s3"), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_refused_without_echoing_passwords() {
+        for text in [
+            "",
+            "sqlite:",
+            "postgres:",
+            "mysql://u:s3cret@h/db",
+            "memory",
+        ] {
+            let err = StoreSpec::parse(text).unwrap_err();
+            assert!(err.is_usage(), "{text}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn queue_map_has_strings_for_shared_nodes_and_lists_for_tag_queries() {
+        let map = build_queue_map(
+            vec!["aa".into()],
+            vec![("qq".into(), vec!["bb".into(), "cc".into()])],
+        );
+        assert_eq!(
+            Value::Object(map),
+            serde_json::json!({"aa": "aa", "qq": ["bb", "cc"]})
+        );
+    }
+}

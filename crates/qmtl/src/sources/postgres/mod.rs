@@ -1,0 +1,309 @@
+//! History over the PostgreSQL wire protocol: QuestDB, PostgreSQL and TimescaleDB.
+//!
+//! This module owns what the loader ([`QuestDBLoader`]) and the recorder
+//! ([`crate::recorder::Recorder`]) share: the parsed DSN ([`PgSource`]) and the
+//! [`Flavor`] that says which protocol features may be used, connection pools and the
+//! classification of connection errors, and the table layout ([`table`]).
+//!
+//! The `questdb:` flavor stays inside what QuestDB's PostgreSQL wire supports: the
+//! extended query protocol with binary results, no TLS, no `COPY`, no `DISCARD ALL` (the
+//! pool recycles with [`RecyclingMethod::Fast`], which issues no statement), and no
+//! time-zone-aware (`DateTime<Utc>`) parameters. The `postgres:` flavor, and a bare
+//! `postgresql://` DSN, may bind `TIMESTAMPTZ` parameters.
+//!
+//! A password given in a DSN appears nowhere but in the connection itself: every
+//! description ([`PgSource`]'s `Display` and `Debug`) replaces it with `***`.
+
+pub mod table;
+
+mod loader;
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Config, NoTls};
+
+pub use self::loader::{LoaderOptions, PostgresLoader, QuestDBLoader};
+use super::SourceSpecError;
+use crate::loader::LoaderError;
+
+/// Connect timeout used when the DSN sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which server dialect and protocol features a source may rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// `questdb:` — only what QuestDB's PostgreSQL wire supports.
+    QuestDb,
+    /// `postgres:` or a bare DSN — PostgreSQL itself (or TimescaleDB).
+    Postgres,
+}
+
+impl Flavor {
+    /// The spec scheme, without the colon.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Flavor::QuestDb => "questdb",
+            Flavor::Postgres => "postgres",
+        }
+    }
+}
+
+/// A parsed PostgreSQL-wire DSN and its flavor.
+///
+/// `Display` and `Debug` show it with the password replaced by `***`.
+#[derive(Clone)]
+pub struct PgSource {
+    flavor: Flavor,
+    text: String,
+    config: Config,
+}
+
+impl PartialEq for PgSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.flavor == other.flavor && self.text == other.text
+    }
+}
+
+impl Eq for PgSource {}
+
+impl Hash for PgSource {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.flavor.hash(state);
+        self.text.hash(state);
+    }
+}
+
+impl fmt::Debug for PgSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgSource({self})")
+    }
+}
+
+impl fmt::Display for PgSource {
+    /// `questdb:postgresql://user:***@host:port/db`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:postgresql://", self.flavor.scheme())?;
+        if let Some(user) = self.config.get_user() {
+            f.write_str(user)?;
+            if self.config.get_password().is_some() {
+                f.write_str(":***")?;
+            }
+            f.write_str("@")?;
+        }
+        f.write_str(&self.addrs().join(","))?;
+        if let Some(db) = self.config.get_dbname() {
+            write!(f, "/{db}")?;
+        }
+        Ok(())
+    }
+}
+
+const DSN_EXAMPLE: &str = "postgresql://USER:PASSWORD@HOST:PORT/DB";
+
+impl PgSource {
+    /// Parses a DSN (`postgresql://...`, `postgres://...` or `key=value` pairs).
+    ///
+    /// # Errors
+    /// [`SourceSpecError::BadDsn`] when the text does not parse or names no host or user.
+    /// The error never repeats the DSN (it may hold a password).
+    pub fn parse(flavor: Flavor, dsn: &str) -> Result<PgSource, SourceSpecError> {
+        let scheme = flavor.scheme();
+        let bad = |reason: String| SourceSpecError::BadDsn {
+            scheme,
+            reason,
+            example: DSN_EXAMPLE,
+        };
+        let text = dsn.trim();
+        let mut config = Config::from_str(text).map_err(|e| bad(error_text(&e)))?;
+        if config.get_hosts().is_empty() {
+            return Err(bad("the DSN names no host".into()));
+        }
+        if config.get_user().is_none_or(str::is_empty) {
+            return Err(bad("the DSN names no user".into()));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("qmtl");
+        }
+        Ok(PgSource {
+            flavor,
+            text: text.to_owned(),
+            config,
+        })
+    }
+
+    /// The flavor.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// The user named in the DSN.
+    pub fn user(&self) -> &str {
+        self.config.get_user().unwrap_or_default()
+    }
+
+    /// `host:port` of every host in the DSN.
+    pub fn addrs(&self) -> Vec<String> {
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
+                    Host::Tcp(name) => format!("{name}:{port}"),
+                    #[cfg(unix)]
+                    Host::Unix(path) => format!("{}:{port}", path.display()),
+                }
+            })
+            .collect()
+    }
+
+    /// `host:port` for messages (all hosts, comma-separated).
+    pub fn addr(&self) -> String {
+        self.addrs().join(",")
+    }
+
+    /// Builds a pool of at most `size` connections and checks out one, so that an
+    /// unreachable server or a wrong password is reported now rather than at the first
+    /// query.
+    ///
+    /// # Errors
+    /// [`LoaderError::Unreachable`], [`LoaderError::AuthFailed`] or
+    /// [`LoaderError::Pool`].
+    pub(crate) async fn connect(&self, size: usize) -> Result<(Pool, Object), LoaderError> {
+        let manager = Manager::from_config(
+            self.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size.max(1))
+            .build()
+            .expect("a pool without timeouts needs no runtime and cannot fail to build");
+        let client = self.checkout(&pool).await?;
+        tracing::debug!(source = %self, pool_size = size, "postgres.connected");
+        Ok((pool, client))
+    }
+
+    /// Takes a connection from `pool`.
+    ///
+    /// # Errors
+    /// As [`PgSource::connect`].
+    pub(crate) async fn checkout(&self, pool: &Pool) -> Result<Object, LoaderError> {
+        pool.get().await.map_err(|e| self.pool_error(e))
+    }
+
+    fn pool_error(&self, error: PoolError) -> LoaderError {
+        match error {
+            PoolError::Backend(source) => self.connect_error(source),
+            other => LoaderError::Pool {
+                addr: self.addr(),
+                source: other,
+            },
+        }
+    }
+
+    /// Classifies an error met while connecting.
+    pub(crate) fn connect_error(&self, source: tokio_postgres::Error) -> LoaderError {
+        let code = source.code();
+        if code == Some(&SqlState::INVALID_PASSWORD)
+            || code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        {
+            return LoaderError::AuthFailed {
+                addr: self.addr(),
+                user: self.user().to_owned(),
+                source,
+            };
+        }
+        if source.as_db_error().is_none() {
+            return LoaderError::Unreachable {
+                addr: self.addr(),
+                source,
+            };
+        }
+        LoaderError::Database {
+            addr: self.addr(),
+            table: String::new(),
+            source,
+        }
+    }
+}
+
+/// A tokio-postgres error with its cause, as one line (its `Display` alone says only
+/// "db error").
+pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
+/// Whether trying again may cure `error`: lost connections, shutdowns, resource limits,
+/// serialization failures and deadlocks.
+pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        None => error.is_closed() || std::error::Error::source(error).is_some(),
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_without_the_password() {
+        let source = PgSource::parse(
+            Flavor::QuestDb,
+            "postgresql://admin:s3cret@127.0.0.1:8812/qdb",
+        )
+        .unwrap();
+        let shown = source.to_string();
+        assert_eq!(shown, "questdb:postgresql://admin:***@127.0.0.1:8812/qdb");
+        assert!(!format!("{source:?}").contains("s3cret"));
+        let kv = PgSource::parse(
+            Flavor::Postgres,
+            "host=db port=5433 user=u password=hunter2 dbname=x",
+        )
+        .unwrap();
+        assert_eq!(kv.to_string(), "postgres:postgresql://u:***@db:5433/x");
+        let nopass = PgSource::parse(Flavor::Postgres, "postgres://u@h/d").unwrap();
+        assert_eq!(nopass.to_string(), "postgres:postgresql://u@h:5432/d");
+    }
+
+    #[test]
+    fn rejects_dsns_without_host_or_user_and_never_echoes_them() {
+        let cases = [
+            ("postgresql://u:pw1@/db", "names no host"),
+            ("postgresql://:pw2@h/db", "names no user"),
+            ("postgresql://u:pw3@h:notaport/db", "invalid"),
+        ];
+        for (dsn, want) in cases {
+            let err = PgSource::parse(Flavor::QuestDb, dsn)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{dsn}: {err}");
+            assert!(!err.contains("pw"), "{dsn}: {err}");
+        }
+    }
+}

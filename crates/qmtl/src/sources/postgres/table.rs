@@ -1,0 +1,314 @@
+//! The history table: its name, its layout as the server describes it, and the values
+//! bound for its key columns.
+//!
+//! A history table has the key columns `node_id` (text), `interval` (an integer number of
+//! seconds) and `ts`, plus numeric payload columns. `ts` is either `BIGINT` epoch seconds
+//! or a `TIMESTAMP` / `TIMESTAMPTZ` (QuestDB's designated timestamp arrives as
+//! `TIMESTAMP`, in UTC); it is converted to epoch seconds once, here and in the loader.
+//! Column names match ignoring case.
+//!
+//! SQL is never assembled from values: values are always bound parameters. Only
+//! identifiers are written into statements, and only identifiers that passed
+//! [`is_identifier`] (letters, digits and underscores, not starting with a digit), each
+//! double-quoted.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use super::{Flavor, PgSource};
+use crate::loader::LoaderError;
+use crate::time::Timestamp;
+
+/// The table used when none is named.
+pub const DEFAULT_TABLE: &str = "node_data";
+
+/// Epoch seconds beyond which no timestamp is bound (the year 5138; PostgreSQL and
+/// chrono both hold it).
+const TS_LIMIT: i64 = 100_000_000_000;
+
+/// A parameter value of a type chosen from the statement's parameter types.
+pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Whether `text` is a plain SQL identifier: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Double-quotes an identifier that passed [`is_identifier`].
+pub(crate) fn quote(ident: &str) -> String {
+    debug_assert!(is_identifier(ident), "unchecked identifier {ident:?}");
+    format!("\"{ident}\"")
+}
+
+/// A checked table name, `TABLE` or `SCHEMA.TABLE`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    schema: Option<String>,
+    name: String,
+}
+
+impl TableName {
+    /// Checks `text`.
+    ///
+    /// # Errors
+    /// [`LoaderError::BadIdentifier`] unless each part is a plain identifier.
+    pub fn parse(text: &str) -> Result<TableName, LoaderError> {
+        let text = text.trim();
+        let bad = || LoaderError::BadIdentifier {
+            name: text.to_owned(),
+        };
+        let (schema, name) = match text.split_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, text),
+        };
+        if !is_identifier(name) || schema.is_some_and(|s| !is_identifier(s)) {
+            return Err(bad());
+        }
+        Ok(TableName {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The table's own name, without the schema.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name as written into SQL.
+    pub(crate) fn quoted(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{}", quote(s), quote(&self.name)),
+            None => quote(&self.name),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// How the table stores `ts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsKind {
+    /// `BIGINT` (or `INTEGER`) epoch seconds.
+    Seconds,
+    /// `TIMESTAMP` without time zone, read as UTC.
+    Timestamp,
+    /// `TIMESTAMPTZ`.
+    TimestampTz,
+}
+
+/// A payload column's SQL type, each read as `f64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NumKind {
+    F8,
+    F4,
+    I8,
+    I4,
+    I2,
+}
+
+impl NumKind {
+    fn of(ty: &Type) -> Option<NumKind> {
+        Some(match *ty {
+            Type::FLOAT8 => NumKind::F8,
+            Type::FLOAT4 => NumKind::F4,
+            Type::INT8 => NumKind::I8,
+            Type::INT4 => NumKind::I4,
+            Type::INT2 => NumKind::I2,
+            _ => return None,
+        })
+    }
+}
+
+/// The columns of a history table.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// How `ts` is stored.
+    pub ts: TsKind,
+    /// The actual names of the key columns.
+    pub node_id: String,
+    pub interval: String,
+    pub ts_name: String,
+    /// Numeric payload columns, in table order.
+    pub payload: Vec<(String, NumKind)>,
+    /// Columns neither key nor numeric payload (not read).
+    pub skipped: Vec<String>,
+}
+
+/// Reads the layout of `table` from the server (a prepared `SELECT *`, never executed).
+///
+/// # Errors
+/// [`LoaderError::TableMissing`], [`LoaderError::MissingColumn`],
+/// [`LoaderError::TsType`] or [`LoaderError::Database`].
+pub(crate) async fn read_layout(
+    client: &Client,
+    source: &PgSource,
+    table: &TableName,
+) -> Result<Layout, LoaderError> {
+    let sql = format!("SELECT * FROM {}", table.quoted());
+    let statement = client
+        .prepare(&sql)
+        .await
+        .map_err(|e| query_error(source, table, e))?;
+    let columns = statement.columns();
+    let found = || {
+        let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+        names.join(", ")
+    };
+    let key = |wanted: &'static str| {
+        columns
+            .iter()
+            .find(|c| c.name().eq_ignore_ascii_case(wanted) && is_identifier(c.name()))
+            .ok_or_else(|| LoaderError::MissingColumn {
+                table: table.to_string(),
+                column: wanted,
+                found: found(),
+            })
+    };
+    let node_id = key("node_id")?;
+    let interval = key("interval")?;
+    let ts = key("ts")?;
+    let ts_kind = match (ts.type_().clone(), source.flavor()) {
+        (Type::INT8 | Type::INT4, _) => TsKind::Seconds,
+        (Type::TIMESTAMP, _) => TsKind::Timestamp,
+        (Type::TIMESTAMPTZ, Flavor::Postgres) => TsKind::TimestampTz,
+        (other, flavor) => {
+            return Err(LoaderError::TsType {
+                table: table.to_string(),
+                found: other.name().to_uppercase(),
+                hint: if other == Type::TIMESTAMPTZ && flavor == Flavor::QuestDb {
+                    "; the questdb: scheme cannot bind TIMESTAMPTZ parameters, use postgres:"
+                } else {
+                    ""
+                },
+            })
+        }
+    };
+    let keys = [node_id.name(), interval.name(), ts.name()];
+    let mut payload = Vec::new();
+    let mut skipped = Vec::new();
+    for column in columns {
+        if keys.contains(&column.name()) {
+            continue;
+        }
+        match NumKind::of(column.type_()) {
+            Some(kind) if is_identifier(column.name()) => {
+                payload.push((column.name().to_owned(), kind))
+            }
+            _ => skipped.push(column.name().to_owned()),
+        }
+    }
+    Ok(Layout {
+        ts: ts_kind,
+        node_id: node_id.name().to_owned(),
+        interval: interval.name().to_owned(),
+        ts_name: ts.name().to_owned(),
+        payload,
+        skipped,
+    })
+}
+
+/// Classifies an error from a statement on `table`.
+pub(crate) fn query_error(
+    source: &PgSource,
+    table: &TableName,
+    error: tokio_postgres::Error,
+) -> LoaderError {
+    if error.code() == Some(&SqlState::UNDEFINED_TABLE) {
+        return LoaderError::TableMissing {
+            table: table.to_string(),
+            addr: source.addr(),
+            source: error,
+        };
+    }
+    if error.as_db_error().is_none() && error.is_closed() {
+        return LoaderError::Unreachable {
+            addr: source.addr(),
+            source: error,
+        };
+    }
+    LoaderError::Database {
+        addr: source.addr(),
+        table: table.to_string(),
+        source: error,
+    }
+}
+
+/// `secs` as the parameter type `ty` of the `interval` column, or `None` when the value
+/// does not fit (then no row can match).
+pub(crate) fn int_param(ty: &Type, value: i64) -> Option<Param> {
+    Some(match *ty {
+        Type::INT2 => Box::new(i16::try_from(value).ok()?),
+        Type::INT4 => Box::new(i32::try_from(value).ok()?),
+        _ => Box::new(value),
+    })
+}
+
+/// Epoch seconds as a parameter for a `ts` stored as `kind`. `TIMESTAMP` binds a
+/// `NaiveDateTime` (UTC); only `TIMESTAMPTZ` (never on the `questdb:` flavor, see
+/// [`read_layout`]) binds a `DateTime<Utc>`.
+pub(crate) fn ts_param(kind: TsKind, secs: Timestamp) -> Param {
+    let secs = secs.clamp(-TS_LIMIT, TS_LIMIT);
+    let utc = || DateTime::<Utc>::from_timestamp(secs, 0).unwrap_or_default();
+    match kind {
+        TsKind::Seconds => Box::new(secs),
+        TsKind::Timestamp => Box::new(naive(utc())),
+        TsKind::TimestampTz => Box::new(utc()),
+    }
+}
+
+fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+    t.naive_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_identifiers_only() {
+        for good in ["node_data", "_t", "T1", "public.node_data"] {
+            assert!(TableName::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "x;drop table y",
+            "\"q\"",
+            "a.b.c",
+            ".a",
+        ] {
+            let err = TableName::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, LoaderError::BadIdentifier { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            TableName::parse("s.t").unwrap().quoted(),
+            "\"s\".\"t\"".to_owned()
+        );
+    }
+
+    #[test]
+    fn interval_params_that_do_not_fit_match_nothing() {
+        assert!(int_param(&Type::INT2, 40_000).is_none());
+        assert!(int_param(&Type::INT4, 3600).is_some());
+        assert!(int_param(&Type::INT8, i64::MAX).is_some());
+    }
+}
