@@ -205,8 +205,21 @@ fn positive_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Lets a closed pipe end the process quietly, as for other command-line tools
+/// (`qmtl dag momentum | head`), instead of a panic in `println!`. Rust ignores SIGPIPE
+/// by default: <https://github.com/rust-lang/rust/issues/62569>.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread exists; it only resets the
+    // disposition of one signal to the system default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs the command line with `registry` as the known strategies; returns the exit code.
 pub fn main_with(registry: StrategyRegistry) -> ExitCode {
+    restore_default_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -14,7 +14,7 @@ impl CancelOnSignal {
         let cancel = token.clone();
         tokio::spawn(async move {
             let signal = wait_for_signal().await;
-            tracing::warn!(signal, "run.cancelling");
+            tracing::warn!(signal, "signal.received");
             cancel.cancel();
         });
         CancelOnSignal { token }
