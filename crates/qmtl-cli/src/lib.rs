@@ -13,9 +13,11 @@
 //! }
 //! ```
 //!
-//! Exit codes: 0 success, 1 runtime failure (a failed backfill, a replay error, an
-//! unreachable database), 2 usage error (bad flags, unknown strategy or stream, bad
-//! source spec, refused credentials, missing table, bad source content).
+//! Exit codes: 0 success (a dryrun or live run stopped by SIGINT/SIGTERM included), 1
+//! runtime failure (a failed backfill, a replay error, an unreachable database or
+//! gateway, a gateway answering 5xx or garbage, a timeout), 2 usage error (bad flags,
+//! unknown strategy or stream, bad source spec, refused credentials, missing table, bad
+//! source content, a gateway answering 401, 409 or 422, a bad live row).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +26,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use qmtl::batch::BatchError;
 use qmtl::engine::BackfillConfig;
+use qmtl::live::LiveSpec;
 use qmtl::metrics::MetricsError;
 use qmtl::recorder::{RecordError, Recorder};
 use qmtl::sources::{SourceSpec, SourceSpecError, DEFAULT_TABLE};
@@ -73,7 +76,7 @@ enum OnMissingArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Backfill a strategy's caches and run it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the strategies this binary knows.
     Strategies,
     /// Print each node's id, name, type, interval and period.
@@ -134,9 +137,22 @@ struct RunArgs {
     /// How to run.
     #[arg(long, value_enum, default_value = "backtest")]
     mode: ModeArg,
-    /// Gateway URL (dryrun and live).
+    /// Gateway URL, http://HOST:PORT (needed by dryrun and live; a backtest given one
+    /// registers as a backtest).
     #[arg(long, value_name = "URL")]
     gateway_url: Option<String>,
+    /// The gateway's bearer token (or set QMTL_GATEWAY_TOKEN, which keeps it out of the
+    /// process list).
+    #[arg(long, value_name = "TOKEN")]
+    gateway_token: Option<String>,
+    /// Where dryrun and live rows come from after the warm-up: table (poll the history
+    /// table), jsonl:PATH or jsonl:- (JSON lines, one row each:
+    /// {"stream":"bars","ts":1700000000,"close":1.1,...}; the run ends with the input).
+    #[arg(long, value_name = "SPEC", default_value = "table")]
+    live_source: String,
+    /// Seconds between polls of the history table for live rows.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = positive_seconds)]
+    poll_interval: Duration,
     /// History source: csv:PATH, or NAME=SPEC for one stream. Repeatable.
     #[arg(long, value_name = "SPEC")]
     backfill_source: Vec<String>,
@@ -289,7 +305,7 @@ fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<Exi
                 .enable_all()
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-            runtime.block_on(run(entry, args))
+            runtime.block_on(run(entry, *args))
         }
         Command::Import(args) => {
             let entry = registry.resolve(&args.strategy)?;
@@ -415,6 +431,17 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = args.gateway_url {
         runner = runner.gateway_url(url);
     }
+    let token = args
+        .gateway_token
+        .or_else(|| std::env::var(gateway_cmd::TOKEN_ENV).ok());
+    let live: LiveSpec = args
+        .live_source
+        .parse()
+        .map_err(|e: qmtl::live::LiveSpecError| UsageError(e.to_string()))?;
+    runner = runner
+        .gateway_token(token)
+        .live_source(live)
+        .poll_interval(args.poll_interval);
     for spec in args.backfill_source {
         runner = runner.backfill_source(spec);
     }
@@ -511,4 +538,10 @@ fn print_summary(report: &Report) {
         "{} events replayed; backfill {:.3}s, replay {:.3}s",
         report.events, report.timings.backfill_s, report.timings.replay_s
     );
+    if let Some(id) = &report.live.strategy_id {
+        println!(
+            "gateway strategy {id}: {} live rows, {} live outputs, {} duplicate rows dropped",
+            report.live.live_events, report.live.live_outputs, report.live.live_duplicates
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! Turns SIGINT and SIGTERM into a cancellation token, so a run stops its jobs cleanly.
+//! Turns SIGINT and SIGTERM into a cancellation token, so a run stops its jobs cleanly;
+//! a second signal exits at once with status 130.
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,11 @@ impl CancelOnSignal {
             let signal = wait_for_signal().await;
             tracing::warn!(signal, "signal.received");
             cancel.cancel();
+
+            // A second signal means "now": stop without waiting for a clean end.
+            let again = wait_for_signal().await;
+            tracing::warn!(signal = again, "signal.forced_exit");
+            std::process::exit(130);
         });
         CancelOnSignal { token }
     }

@@ -235,7 +235,7 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
                 "--gateway-url",
                 "http://127.0.0.1:9",
             ],
-            "gateway support is not in this build",
+            "stream 'bars' has no backfill source",
         ),
         (
             vec![

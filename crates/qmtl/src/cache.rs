@@ -10,7 +10,9 @@
 //!   pair's gap flag is raised and the gap counted;
 //! - a bucket equal to one still in the window replaces that payload in place (so a
 //!   duplicate is never stored twice and the last timestamp never moves backwards);
-//! - an older bucket no longer in the window is dropped and counted as late.
+//! - an older bucket that falls inside the window's span (a hole) is inserted in time
+//!   order, the oldest value leaving a full window;
+//! - a bucket older than every value of a full window is dropped and counted as late.
 //!
 //! History merged by [`NodeCache::backfill_bulk`] never overrides a value already in the
 //! cache on the same bucket: values that arrived live win. Completed history ranges are
@@ -34,7 +36,9 @@ pub enum Appended {
     },
     /// The bucket was already in the window; its payload was replaced.
     Replaced,
-    /// The bucket is older than the window; the value was dropped.
+    /// An older bucket missing from the window was inserted in time order.
+    Filled,
+    /// The bucket is older than a full window; the value was dropped.
     Late,
 }
 
@@ -122,9 +126,13 @@ impl Ring {
                     self.write_slot(slot, bucket, values);
                     return Appended::Replaced;
                 }
-                Err(_) => {
+                Err(0) if self.is_full() => {
                     self.late += 1;
                     return Appended::Late;
+                }
+                Err(i) => {
+                    self.insert_at(i, bucket, values);
+                    return Appended::Filled;
                 }
             },
         };
@@ -134,6 +142,28 @@ impl Ring {
             self.push(bucket, values);
         }
         outcome
+    }
+
+    /// Inserts `bucket` at window position `i` (a hole), dropping the oldest value of a
+    /// full window. Rare, so it rebuilds the window rather than shifting in place.
+    fn insert_at(&mut self, i: usize, bucket: Timestamp, values: &[f64]) {
+        let nf = self.nfields;
+        let mut rows: Vec<(Timestamp, Vec<f64>)> = (0..self.len)
+            .map(|k| {
+                (
+                    self.timestamps()[k],
+                    (0..nf).map(|f| self.field_at(f)[k]).collect(),
+                )
+            })
+            .collect();
+        rows.insert(i, (bucket, values.iter().copied().take(nf).collect()));
+        let skip = rows.len().saturating_sub(self.period);
+        let last = self.last;
+        self.clear();
+        for (ts, v) in rows.into_iter().skip(skip) {
+            self.push(ts, &v);
+        }
+        self.last = last;
     }
 
     /// Merges sorted history; existing values win on equal buckets. Returns the number of
@@ -305,8 +335,8 @@ pub struct BulkRows<'a> {
 
 /// Completed history ranges of one (upstream, interval), as inclusive bucket ranges.
 ///
-/// Ranges that overlap or touch at the interval step are merged: `[0, 3600]` and
-/// `[7200, 10800]` at one hour become `[0, 10800]`.
+/// Ranges are of bucket starts. Ranges that overlap or touch at the interval step are
+/// merged: `[0, 3600]` and `[7200, 10800]` at one hour become `[0, 10800]`.
 #[derive(Debug, Clone)]
 pub struct BackfillState {
     interval: Interval,
@@ -322,14 +352,18 @@ impl BackfillState {
         }
     }
 
-    /// Records `[start, end]` (inclusive, in seconds) as loaded; the buckets inside it
-    /// are what is recorded.
+    /// Records `[start, end]` (inclusive, in seconds) as loaded. Only buckets wholly
+    /// inside it are recorded: a bucket loaded in part is not complete.
     pub fn mark(&mut self, start: Timestamp, end: Timestamp) {
-        let (a, b) = (self.interval.bucket_ceil(start), self.interval.bucket(end));
+        let step = self.interval.secs_i64();
+        let a = self.interval.bucket_ceil(start);
+        let b = self
+            .interval
+            .bucket(end.saturating_add(1))
+            .saturating_sub(step);
         if a > b {
             return;
         }
-        let step = self.interval.secs_i64();
         let mut merged = (a, b);
         let mut kept = Vec::with_capacity(self.ranges.len() + 1);
         for &(s, e) in &self.ranges {
@@ -344,9 +378,9 @@ impl BackfillState {
         self.ranges = kept;
     }
 
-    /// Whether every bucket in `[start, end]` (inclusive) was loaded.
+    /// Whether every bucket touching `[start, end]` (inclusive) was wholly loaded.
     pub fn is_complete(&self, start: Timestamp, end: Timestamp) -> bool {
-        let (a, b) = (self.interval.bucket_ceil(start), self.interval.bucket(end));
+        let (a, b) = (self.interval.bucket(start), self.interval.bucket(end));
         a > b || self.ranges.iter().any(|&(s, e)| s <= a && b <= e)
     }
 

@@ -146,6 +146,9 @@ pub struct JobReport {
     /// The last error, for a failed job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why a job that completed loaded nothing, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Receives each decoded chunk of a job, in time order within the job.
@@ -283,6 +286,7 @@ fn empty_report(job: &BackfillJob, status: JobStatus) -> JobReport {
         retries: 0,
         status,
         error: None,
+        note: None,
     }
 }
 
@@ -329,9 +333,47 @@ async fn run_job(
         start = job.start, end = job.end, source = %job.loader.describe(), "backfill.start"
     );
 
-    let mut chunk_start = job.start;
-    while chunk_start < job.end {
-        let chunk_end = chunk_start.saturating_add(span).min(job.end);
+    // Fetch only where the source has rows, when it says where that is.
+    let (lo, hi) = match job.loader.coverage() {
+        Some((first, last)) => (job.start.max(first), job.end.min(last.saturating_add(1))),
+        None => (job.start, job.end),
+    };
+    if lo >= hi {
+        report.note = Some(match job.loader.coverage() {
+            Some((first, last)) => format!(
+                "no rows in [{}, {}): the source holds [{first}, {last}]",
+                job.start, job.end
+            ),
+            None => format!("no rows in [{}, {})", job.start, job.end),
+        });
+        tracing::warn!(node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+            start = job.start, end = job.end, "backfill.empty_range");
+        let empty = Columns {
+            ts: vec![],
+            values: vec![vec![]; job.fields.len()],
+        };
+        if let Err(error) = sink.accept(index, job.start, job.end, empty) {
+            report.status = JobStatus::Failed;
+            report.error = Some(error.to_string());
+        }
+    }
+
+    let mut chunk_start = lo;
+    while chunk_start < hi {
+        // Chunks end on bucket boundaries, so no bucket is split between two chunks.
+        let aligned = job.interval.bucket_ceil(chunk_start.saturating_add(span));
+        let chunk_end = if aligned > chunk_start {
+            aligned.min(hi)
+        } else {
+            hi
+        };
+        // The first and last chunks stand for the whole requested range.
+        let mark_start = if chunk_start == lo {
+            job.start
+        } else {
+            chunk_start
+        };
+        let mark_end = if chunk_end == hi { job.end } else { chunk_end };
 
         // Fetch the chunk, retrying transient failures with backoff.
         let backoff = ExponentialBuilder::default()
@@ -370,7 +412,7 @@ async fn run_job(
             Some(r) => r.and_then(|rows| {
                 let (n, first, last) = (rows.len() as u64, rows.ts.first(), rows.ts.last());
                 let (first, last) = (first.copied(), last.copied());
-                sink.accept(index, chunk_start, chunk_end, rows)?;
+                sink.accept(index, mark_start, mark_end, rows)?;
                 Ok((n, first, last))
             }),
         };
@@ -383,7 +425,7 @@ async fn run_job(
                     metrics.last_timestamp.get_or_create(&labels).set(last);
                 }
                 metrics.rows_total.get_or_create(&labels).inc_by(rows);
-                progress.inc((chunk_end - chunk_start) as u64);
+                progress.inc((mark_end - mark_start) as u64);
             }
             Err(error) => {
                 report.status = JobStatus::Failed;

@@ -62,6 +62,22 @@ pub trait CacheLoader: Send + Sync {
 
     /// A description for logs and plans. Never include a password.
     fn describe(&self) -> String;
+
+    /// The first and last timestamps the source holds, if it knows them cheaply. The
+    /// engine then fetches only inside that span and can say why a range is empty.
+    fn coverage(&self) -> Option<(Timestamp, Timestamp)> {
+        None
+    }
+
+    /// Checks, before any fetch, that the source can supply `fields` (a stream's payload
+    /// fields, matched ignoring case), so a mistake in the input is reported up front.
+    ///
+    /// # Errors
+    /// A [`LoaderError`] naming the fields the source lacks.
+    fn check_fields(&self, fields: &[String]) -> Result<(), LoaderError> {
+        let _ = fields;
+        Ok(())
+    }
 }
 
 /// Why history could not be loaded.
@@ -90,6 +106,45 @@ pub enum LoaderError {
     Empty {
         /// The file.
         path: PathBuf,
+    },
+    /// A directory or another non-file where a file was expected.
+    #[error("{path} is not a file; give the path of a CSV file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Two columns with the same name (ignoring case).
+    #[error("{path} has two columns named '{column}' (ignoring case); rename one")]
+    DuplicateColumn {
+        /// The file.
+        path: PathBuf,
+        /// The repeated name.
+        column: String,
+    },
+    /// A payload cell that parses as a number but not a finite one.
+    #[error(
+        "{path} line {line}, column '{column}': '{value}' is not a finite number; leave the \
+         cell empty for a missing value"
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The column.
+        column: String,
+        /// The cell as written.
+        value: String,
+    },
+    /// The file lacks fields the stream reads, or holds text in them.
+    #[error("{path} cannot feed fields {wanted}: {problems}")]
+    Fields {
+        /// The file.
+        path: PathBuf,
+        /// The stream's fields, comma-separated.
+        wanted: String,
+        /// What is wrong, e.g. "missing: close, volume (columns: ts, open)".
+        problems: String,
     },
     /// No column could be taken as the timestamp.
     #[error(

@@ -696,6 +696,32 @@ impl OutputBuffer {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *rows)
     }
+
+    /// Moves the rows kept so far into `spare` (one entry per node) and keeps
+    /// collecting into `spare`'s former, emptied vectors, so a live run that drains the
+    /// buffer every cycle reuses the same memory instead of allocating.
+    pub fn swap_out(&self, spare: &mut Vec<Recorded>) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() != rows.len() {
+            *spare = rows
+                .iter()
+                .map(|r| Recorded {
+                    node_id: r.node_id.clone(),
+                    interval: r.interval,
+                    fields: r.fields.clone(),
+                    columns: Columns {
+                        ts: Vec::new(),
+                        values: vec![Vec::new(); r.fields.len()],
+                    },
+                })
+                .collect();
+        }
+        for recorded in spare.iter_mut() {
+            recorded.columns.ts.clear();
+            recorded.columns.values.iter_mut().for_each(Vec::clear);
+        }
+        std::mem::swap(&mut *rows, spare);
+    }
 }
 
 impl OutputSink for OutputBuffer {

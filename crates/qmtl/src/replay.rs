@@ -8,9 +8,15 @@
 //! with an error naming node, interval and both timestamps, `continue` computes anyway.
 //! Emitted rows flow on to the node's consumers within the same event.
 //!
+//! When a strategy runs with a gateway, some nodes are computed by another strategy:
+//! [`Executor::set_external`] turns such a node into a feed (it never computes; its rows
+//! are pushed like a stream's), and [`Executor::set_tag_inputs`] gives a tag query node
+//! one input per matched queue, fed with [`Executor::push_to`] and [`Feed::Input`].
+//!
 //! The loop allocates nothing per event.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +107,20 @@ pub trait OutputSink: Send {
     fn emit(&mut self, node: &NodeSpec, ts: Timestamp, row: &Row);
 }
 
+/// Where a row enters the DAG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// As the output of node `index` (a stream, or a node computed elsewhere).
+    Node(usize),
+    /// Into input `slot` of node `node` only (a tag query's matched queue).
+    Input {
+        /// The consuming node.
+        node: usize,
+        /// Its input.
+        slot: usize,
+    },
+}
+
 struct PendingGap {
     input: usize,
     previous: Timestamp,
@@ -117,6 +137,7 @@ pub struct Executor {
     gaps: Vec<Option<PendingGap>>,
     on_missing: OnMissing,
     track_reads: bool,
+    external: Vec<bool>,
     sink: Option<Box<dyn OutputSink>>,
 }
 
@@ -155,6 +176,7 @@ impl Executor {
             gaps: (0..count).map(|_| None).collect(),
             on_missing,
             track_reads: false,
+            external: vec![false; count],
             sink: None,
         }
     }
@@ -167,6 +189,36 @@ impl Executor {
     /// Sends every emitted row to `sink`.
     pub fn set_output_sink(&mut self, sink: Box<dyn OutputSink>) {
         self.sink = Some(sink);
+    }
+
+    /// Marks node `index` as computed elsewhere: it never computes here, its upstreams
+    /// no longer deliver to it, and its rows enter with [`Executor::push`].
+    ///
+    /// # Panics
+    /// When `index` is not a node of the DAG.
+    #[track_caller]
+    pub fn set_external(&mut self, index: usize) {
+        assert!(index < self.nodes.len(), "node index {index} out of range");
+        self.external[index] = true;
+        for consumers in &mut self.consumers {
+            consumers.retain(|&(c, _)| c != index);
+        }
+    }
+
+    /// Whether node `index` is computed elsewhere.
+    pub fn is_external(&self, index: usize) -> bool {
+        self.external[index]
+    }
+
+    /// Gives tag query node `index` its resolved inputs, (queue id, interval, fields)
+    /// each, replacing its (empty) cache; feed them with [`Feed::Input`].
+    ///
+    /// # Panics
+    /// When `index` is not a node of the DAG.
+    #[track_caller]
+    pub fn set_tag_inputs(&mut self, index: usize, inputs: &[(NodeId, Interval, Arc<[String]>)]) {
+        let spec = &self.nodes[index];
+        self.caches[index] = NodeCache::new(spec.id.clone(), spec.period, inputs);
     }
 
     /// The nodes, in topological order.
@@ -192,24 +244,7 @@ impl Executor {
     fn deliver(&mut self, from: usize, ts: Timestamp, values: &[f64]) {
         for k in 0..self.consumers[from].len() {
             let (c, slot) = self.consumers[from][k];
-            let cache = &mut self.caches[c];
-            let previous = cache.inputs()[slot].ring().last_timestamp();
-            let appended = cache.append(slot, ts, values);
-            match appended {
-                Appended::New { gap } => {
-                    self.touched[c] = true;
-                    if gap && self.gaps[c].is_none() {
-                        let previous = previous.unwrap_or(ts);
-                        self.gaps[c] = Some(PendingGap {
-                            input: slot,
-                            previous,
-                            ts,
-                        });
-                    }
-                }
-                Appended::Replaced => self.touched[c] = true,
-                Appended::Late => {}
-            }
+            self.deliver_one(c, slot, ts, values);
         }
     }
 
@@ -233,20 +268,64 @@ impl Executor {
     ) -> Result<(), ReplayError> {
         self.record(stream, ts);
         self.deliver(stream, ts, values);
+        self.run_from(stream + 1, ts)
+    }
+
+    /// Pushes one row at `ts` through the DAG where `feed` says it enters.
+    ///
+    /// # Errors
+    /// As [`Executor::push`].
+    pub fn push_to(
+        &mut self,
+        feed: Feed,
+        ts: Timestamp,
+        values: &[f64],
+    ) -> Result<(), ReplayError> {
+        match feed {
+            Feed::Node(index) => self.push(index, ts, values),
+            Feed::Input { node, slot } => {
+                self.deliver_one(node, slot, ts, values);
+                self.run_from(node, ts)
+            }
+        }
+    }
+
+    fn deliver_one(&mut self, c: usize, slot: usize, ts: Timestamp, values: &[f64]) {
+        let cache = &mut self.caches[c];
+        let previous = cache.inputs()[slot].ring().last_timestamp();
+        match cache.append(slot, ts, values) {
+            Appended::New { gap } => {
+                self.touched[c] = true;
+                if gap && self.gaps[c].is_none() {
+                    let previous = previous.unwrap_or(ts);
+                    self.gaps[c] = Some(PendingGap {
+                        input: slot,
+                        previous,
+                        ts,
+                    });
+                }
+            }
+            Appended::Replaced | Appended::Filled => self.touched[c] = true,
+            Appended::Late => {}
+        }
+    }
+
+    /// Computes every touched node from `first` on, in topological order.
+    fn run_from(&mut self, first: usize, ts: Timestamp) -> Result<(), ReplayError> {
         let mut out = [0.0; MAX_FIELDS];
-        for n in stream + 1..self.nodes.len() {
-            if !std::mem::take(&mut self.touched[n]) {
+        for n in first..self.nodes.len() {
+            if !std::mem::take(&mut self.touched[n]) || self.external[n] {
                 continue;
             }
             let gap = self.gaps[n].take();
             if let (Some(g), OnMissing::Fail) = (&gap, self.on_missing) {
                 let spec = &self.nodes[n];
-                let up = &self.nodes[spec.input_indices[g.input]];
+                let input = &self.caches[n].inputs()[g.input];
                 return Err(ReplayError::Gap {
                     node: spec.name.clone(),
                     node_id: spec.id.clone(),
-                    upstream: up.id.clone(),
-                    interval: up.interval,
+                    upstream: input.upstream().clone(),
+                    interval: input.ring().interval(),
                     previous: g.previous,
                     ts: g.ts,
                 });
@@ -298,6 +377,19 @@ pub fn replay_merged(
     exec: &mut Executor,
     streams: &[(usize, &crate::batch::Columns)],
 ) -> Result<u64, ReplayError> {
+    let feeds: Vec<(Feed, &crate::batch::Columns)> =
+        streams.iter().map(|&(n, c)| (Feed::Node(n), c)).collect();
+    replay_feeds(exec, &feeds)
+}
+
+/// Replays several feeds' columns merged by time; equal times go in feed order.
+///
+/// # Errors
+/// The first [`ReplayError`].
+pub fn replay_feeds(
+    exec: &mut Executor,
+    streams: &[(Feed, &crate::batch::Columns)],
+) -> Result<u64, ReplayError> {
     let mut cursors = vec![0usize; streams.len()];
     let mut row = [0.0; MAX_FIELDS];
     let mut events = 0u64;
@@ -318,7 +410,7 @@ pub fn replay_merged(
         for (f, column) in cols.values.iter().enumerate() {
             row[f] = column[i];
         }
-        exec.push(node, ts, &row[..width])?;
+        exec.push_to(node, ts, &row[..width])?;
         cursors[k] += 1;
         events += 1;
     }

@@ -2,8 +2,11 @@
 //! through the DAG, and reports.
 //!
 //! Modes: `backtest` and `offline` run locally (backfill, then replay all loaded history
-//! in time order across streams). `dryrun` and `live` register with a gateway, which this
-//! build does not have yet, so they stop at once with an error saying so.
+//! in time order across streams); a backtest given a gateway URL also registers with it
+//! (run type `backtest`) and ends the registration when done. `dryrun` and `live`
+//! register with a gateway, apply its queue map, backfill, replay the warm-up and then
+//! process live rows until the source ends or the run is cancelled (see
+//! [`crate::live`] and the private `session` module below).
 //!
 //! Database sources read the table `node_data` unless [`Runner::backfill_table`] names
 //! another. With [`Runner::record_to`], the outputs of chosen nodes (by default the
@@ -35,7 +38,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -43,15 +46,20 @@ use crate::batch::Columns;
 use crate::cache::{BulkRows, NodeCache};
 use crate::dag::{Dag, DagError, Strategy};
 use crate::engine::{run_backfill, BackfillConfig, BackfillJob, ChunkSink, SinkError};
+use crate::gateway_client::{GatewayClient, GatewayError, RunType};
 use crate::interval::Interval;
+use crate::live::{LiveError, LiveSpec};
 use crate::loader::{CacheLoader, LoaderError};
 use crate::metrics::{self, Metrics, MetricsError, MetricsServer, UpstreamLabels};
 use crate::node::{NodeSpec, NodeType};
 use crate::recorder::{OutputBuffer, RecordError, Recorder};
 use crate::replay::{replay_merged, Executor, OnMissing, ReplayError};
-use crate::report::{NodeReport, Report, Timings};
+use crate::report::{LiveFigures, NodeReport, Report, Timings};
 use crate::sources::{SourceMap, SourceOptions, SourceSpec, SourceSpecError, DEFAULT_TABLE};
 use crate::telemetry;
+
+#[path = "session.rs"]
+mod session;
 use crate::time::{format_timestamp, parse_timestamp, TimeError, Timestamp};
 
 /// How a strategy runs.
@@ -212,14 +220,24 @@ pub enum RunError {
         /// The strategy's nodes.
         known: String,
     },
-    /// Dryrun and live need a gateway.
+    /// Talking to the gateway failed.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// Live rows could not be had.
+    #[error("live rows: {0}")]
+    Live(#[from] LiveError),
+    /// A node is computed by another strategy, but there is no database to read its
+    /// queue from.
     #[error(
-        "mode {mode} needs a gateway, and gateway support is not in this build; run with \
-         --mode backtest or --mode offline to use local history only"
+        "node '{node}' is computed by another strategy (queue {queue}), and its rows are \
+         kept in the history table of a database; give --backfill-source questdb:DSN (or \
+         postgres:DSN), or --record-to, naming the database that strategy records to"
     )]
-    GatewayUnsupported {
-        /// The mode.
-        mode: Mode,
+    NoQueueStore {
+        /// The node's name.
+        node: String,
+        /// The queue.
+        queue: String,
     },
     /// Dryrun and live were given no gateway URL.
     #[error("mode {mode} needs --gateway-url URL (for example http://127.0.0.1:8000)")]
@@ -252,6 +270,8 @@ impl RunError {
             RunError::OpenSource { source, .. } => source.is_input_error(),
             RunError::Record { source, .. } => source.is_usage(),
             RunError::Metrics(m) => matches!(m, MetricsError::PortInUse { .. }),
+            RunError::Gateway(g) => g.is_usage(),
+            RunError::Live(l) => l.is_usage(),
             RunError::Replay(_) | RunError::Report { .. } => false,
             _ => true,
         }
@@ -289,6 +309,9 @@ pub struct Runner {
     cancel: CancellationToken,
     backfill_table: Option<String>,
     record: Option<RecordSettings>,
+    gateway_token: Option<String>,
+    live: LiveSpec,
+    poll_interval: Duration,
 }
 
 /// Where and what [`Runner::record_to`] records.
@@ -342,6 +365,9 @@ impl Runner {
             cancel: CancellationToken::new(),
             backfill_table: None,
             record: None,
+            gateway_token: None,
+            live: LiveSpec::Table,
+            poll_interval: crate::live::table::DEFAULT_POLL_INTERVAL,
         }
     }
 
@@ -367,9 +393,25 @@ impl Runner {
         self.strategy_name = name.into();
         self
     }
-    /// The gateway URL.
+    /// The gateway URL (`http://HOST:PORT`).
     pub fn gateway_url(mut self, url: impl Into<String>) -> Self {
         self.gateway_url = Some(url.into());
+        self
+    }
+    /// The bearer token the gateway requires, if any.
+    pub fn gateway_token(mut self, token: Option<String>) -> Self {
+        self.gateway_token = token;
+        self
+    }
+    /// Where dryrun and live rows come from after the warm-up (default: follow the
+    /// history table).
+    pub fn live_source(mut self, spec: LiveSpec) -> Self {
+        self.live = spec;
+        self
+    }
+    /// How often the table is polled for live rows (default 1 s).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
         self
     }
     /// A source spec for every stream (`csv:PATH`), or `NAME=SPEC` for one stream.
@@ -517,16 +559,35 @@ impl Runner {
     pub async fn run(self) -> Result<Report, RunError> {
         let dag = self.dag()?;
 
-        // Check the mode and the range.
-        if matches!(self.mode, Mode::Dryrun | Mode::Live) {
-            return Err(match self.gateway_url {
-                None => RunError::GatewayRequired { mode: self.mode },
-                Some(_) => RunError::GatewayUnsupported { mode: self.mode },
-            });
+        // Dryrun and live run registered; a backtest with a URL registers around the run.
+        match (self.mode, self.gateway_url.clone()) {
+            (Mode::Dryrun | Mode::Live, None) => Err(RunError::GatewayRequired { mode: self.mode }),
+            (Mode::Dryrun | Mode::Live, Some(_)) => session::run(self, dag).await,
+            (Mode::Backtest, Some(url)) => {
+                let client = GatewayClient::new(&url)?.token(self.gateway_token.clone());
+                let registration = client.register(&dag, RunType::Backtest).await?;
+                let id = registration.strategy_id.clone();
+                let result = self.run_local(dag).await;
+                session::end_registration(&client, &id).await;
+                result.map(|mut report| {
+                    report.live.strategy_id = Some(id);
+                    report
+                })
+            }
+            (_, url) => {
+                if let Some(url) = url {
+                    tracing::warn!(
+                        gateway_url = %url, mode = %self.mode, "gateway.ignored_in_local_mode"
+                    );
+                }
+                self.run_local(dag).await
+            }
         }
-        if let Some(url) = &self.gateway_url {
-            tracing::warn!(gateway_url = %url, mode = %self.mode, "gateway.ignored_in_local_mode");
-        }
+    }
+
+    /// Backfills, then replays all history locally.
+    async fn run_local(self, dag: Dag) -> Result<Report, RunError> {
+        // Check the range.
         let explicit_start = self
             .start
             .as_ref()
@@ -1014,6 +1075,7 @@ fn build_report(
                 ready: cache.ready(),
                 gaps: cache.gaps(),
                 outputs: stats.outputs,
+                queue: None,
             }
         })
         .collect();
@@ -1024,5 +1086,6 @@ fn build_report(
         jobs,
         events,
         timings,
+        live: LiveFigures::default(),
     }
 }

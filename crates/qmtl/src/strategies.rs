@@ -5,6 +5,10 @@
 //! - `momentum`: for hourly OHLCV bars — a stream `bars` (period 20), a fast and a slow
 //!   moving average of `close` (10 and 30 bars) and a `signal` node: +1 while the fast
 //!   average is above the slow one, -1 while below, with the spread between them.
+//! - `momentum_wide`: the same with a 50-bar slow average. Its `bars` stream and its
+//!   `sma_fast` node are defined exactly as momentum's, so they have the same node ids:
+//!   run next to momentum with a gateway, it reads `sma_fast` from momentum's queue
+//!   instead of computing it.
 //!
 //! A registry resolves the guide's `module:Class` form by its class part, ignoring case,
 //! underscores and a trailing `Strategy`: `tests.sample_strategy:SampleStrategy` finds
@@ -218,6 +222,11 @@ pub fn builtin() -> StrategyRegistry {
             "fast/slow moving averages of hourly close and a signal",
             MomentumStrategy::default,
         )
+        .with(
+            "momentum_wide",
+            "momentum with a 50-bar slow average; shares bars and sma_fast with momentum",
+            || MomentumStrategy { fast: 10, slow: 50 },
+        )
 }
 
 #[cfg(test)]
@@ -249,6 +258,17 @@ mod tests {
         let dag = Dag::build(&MomentumStrategy::default()).unwrap();
         assert_eq!(dag.nodes().len(), 4);
         assert_eq!(dag.target().name, "signal");
+        let wide = Dag::build(&MomentumStrategy { fast: 10, slow: 50 }).unwrap();
+        for shared in ["bars", "sma_fast"] {
+            assert_eq!(
+                dag.by_name(shared).unwrap().id,
+                wide.by_name(shared).unwrap().id
+            );
+        }
+        assert_ne!(
+            dag.by_name("sma_slow").unwrap().id,
+            wide.by_name("sma_slow").unwrap().id
+        );
         let sample = Dag::build(&SampleStrategy).unwrap();
         assert_eq!(sample.target().name, "out");
     }

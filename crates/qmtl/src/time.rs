@@ -74,6 +74,14 @@ pub fn parse_timestamp(input: &str) -> Result<Timestamp, TimeError> {
         let value: i64 = text.parse().map_err(|_| malformed())?;
         return check_seconds(value);
     }
+    if let Some((whole, fraction)) = text.split_once('.') {
+        let digits = whole.strip_prefix('-').unwrap_or(whole);
+        let numeric = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if numeric(digits) && numeric(fraction) {
+            let value: i64 = whole.parse().map_err(|_| malformed())?;
+            return check_seconds(value);
+        }
+    }
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         return Ok(dt.timestamp());
     }
@@ -136,6 +144,7 @@ mod tests {
             ("2017-04-19 09:00", 1_492_592_400),
             ("2017-04-19", 1_492_560_000),
             ("-60", -60),
+            ("1492592400.75", 1_492_592_400),
         ];
         for (text, want) in cases {
             assert_eq!(parse_timestamp(text), Ok(want), "{text}");

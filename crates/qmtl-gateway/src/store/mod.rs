@@ -99,62 +99,7 @@ impl fmt::Debug for StoreSpec {
     }
 }
 
-/// `dsn` with every password replaced by `***`: the password of a URL's user info and
-/// the value of any `password=` setting (key-value form or URL query).
-pub fn redact_dsn(dsn: &str) -> String {
-    let mut out = dsn.to_owned();
-
-    // URL user info: scheme://user:password@host
-    if let Some(scheme_end) = out.find("://") {
-        let rest = scheme_end + 3;
-        let authority_end = out[rest..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest + i);
-        if let Some(at) = out[rest..authority_end].rfind('@') {
-            let userinfo = &out[rest..rest + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest + colon + 1..rest + at, "***");
-            }
-        }
-    }
-
-    // password=VALUE anywhere (key-value DSNs and URL query strings).
-    let mut from = 0;
-    loop {
-        let lower = out.to_ascii_lowercase();
-        let Some(found) = lower[from..].find("password") else {
-            break;
-        };
-        let mut i = from + found + "password".len();
-        let bytes = out.as_bytes();
-        while i < bytes.len() && bytes[i] == b' ' {
-            i += 1;
-        }
-        if i >= bytes.len() || bytes[i] != b'=' {
-            from = i;
-            continue;
-        }
-        i += 1;
-        while i < bytes.len() && bytes[i] == b' ' {
-            i += 1;
-        }
-        let end = if i < bytes.len() && bytes[i] == b'\'' {
-            // A quoted value ends at the next unescaped quote.
-            let mut j = i + 1;
-            while j < bytes.len() && bytes[j] != b'\'' {
-                j += if bytes[j] == b'\\' { 2 } else { 1 };
-            }
-            (j + 1).min(bytes.len())
-        } else {
-            out[i..]
-                .find(|c: char| c.is_whitespace() || c == '&' || c == '#')
-                .map_or(out.len(), |e| i + e)
-        };
-        out.replace_range(i..end, "***");
-        from = i + 3;
-    }
-    out
-}
+pub use qmtl::secret::redact_dsn;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

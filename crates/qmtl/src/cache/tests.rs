@@ -77,7 +77,7 @@ fn duplicate_bucket_replaces_the_payload_and_is_stored_once() {
 }
 
 #[test]
-fn late_bucket_outside_the_window_is_dropped() {
+fn late_bucket_older_than_a_full_window_is_dropped() {
     let mut r = ring(2);
     for k in 3..=5 {
         r.append(k * H, &[k as f64]);
@@ -86,6 +86,32 @@ fn late_bucket_outside_the_window_is_dropped() {
     assert_eq!(r.late(), 1);
     assert_eq!(r.last_timestamp(), Some(5 * H));
     assert_eq!(r.timestamps(), [4 * H, 5 * H]);
+}
+
+#[test]
+fn late_bucket_filling_a_hole_is_inserted_in_time_order() {
+    let mut r = ring(3);
+    r.append(0, &[0.0]);
+    r.append(2 * H, &[2.0]);
+    assert_eq!(r.append(H, &[1.0]), Appended::Filled);
+    assert_eq!(r.timestamps(), [0, H, 2 * H]);
+    assert_eq!(r.field_at(0), [0.0, 1.0, 2.0]);
+    r.append(5 * H, &[5.0]);
+    assert_eq!(
+        r.append(4 * H, &[4.0]),
+        Appended::Filled,
+        "full window: oldest leaves"
+    );
+    assert_eq!(r.timestamps(), [2 * H, 4 * H, 5 * H]);
+    assert_eq!(r.last_timestamp(), Some(5 * H));
+    let mut short = ring(3);
+    short.append(5 * H, &[5.0]);
+    assert_eq!(
+        short.append(H, &[1.0]),
+        Appended::Filled,
+        "a window with room takes it"
+    );
+    assert_eq!(short.timestamps(), [H, 5 * H]);
 }
 
 #[test]
@@ -235,20 +261,36 @@ fn view_reads_fields_by_name_latest_and_in_order() {
 #[test]
 fn backfill_state_merges_adjacent_and_overlapping_ranges() {
     let mut s = BackfillState::new(Interval::HOUR);
-    s.mark(0, H);
-    s.mark(2 * H, 3 * H);
+    s.mark(0, 2 * H - 1);
+    s.mark(2 * H, 4 * H - 1);
     assert_eq!(s.ranges(), [(0, 3 * H)], "adjacent at the interval step");
-    s.mark(10 * H, 12 * H);
+    s.mark(10 * H, 13 * H - 1);
     assert_eq!(s.ranges(), [(0, 3 * H), (10 * H, 12 * H)]);
-    s.mark(3 * H, 9 * H);
+    s.mark(4 * H, 10 * H - 1);
     assert_eq!(s.ranges(), [(0, 12 * H)], "bridging range merges all three");
     assert!(s.is_complete(H, 11 * H));
+    assert!(s.is_complete(H, 13 * H - 1));
     assert!(!s.is_complete(H, 13 * H));
     s.mark(100, 200);
     assert_eq!(
         s.ranges(),
         [(0, 12 * H)],
-        "a range holding no bucket records nothing"
+        "no whole bucket, nothing recorded"
+    );
+}
+
+#[test]
+fn backfill_state_does_not_complete_a_partly_loaded_bucket() {
+    let mut s = BackfillState::new(Interval::HOUR);
+    s.mark(0, 1799);
+    assert!(s.ranges().is_empty());
+    assert!(!s.is_complete(0, 3599));
+    s.mark(1800, 2 * H + 100);
+    assert_eq!(s.ranges(), [(H, H)], "only the bucket wholly inside");
+    s.mark(0, 1799);
+    assert!(
+        !s.is_complete(0, 1),
+        "marks never combine into a partial bucket"
     );
 }
 
@@ -280,11 +322,14 @@ fn model(period: usize, log: &[Op]) -> Vec<(i64, f64)> {
         match op {
             Op::Live(k, v) => {
                 let b = k * H;
+                let oldest = window.keys().next().copied();
                 if last.is_none_or(|l| b > l) {
                     window.insert(b, f64::from(*v));
                     last = Some(b);
                 } else if let Some(slot) = window.get_mut(&b) {
                     *slot = f64::from(*v);
+                } else if window.len() < period || oldest.is_some_and(|o| b > o) {
+                    window.insert(b, f64::from(*v));
                 }
             }
             Op::History(ks) => {

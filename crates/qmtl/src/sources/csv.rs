@@ -4,14 +4,16 @@
 //! `timestamp` (any case), else a first column whose header is empty (pandas' index
 //! column). Its cells may be epoch seconds or ISO-8601 (naive times are UTC). Rows must
 //! be in strictly ascending time order: a repeated or backward time is an error naming
-//! the line. Every other column whose non-empty cells all parse as numbers becomes a
-//! Float64 payload column (empty cells are nulls); any other column becomes text.
-//! A byte-order mark and CRLF line endings are accepted.
+//! the line. Other columns are payload: numbers, with an empty cell meaning "missing"
+//! (NaN in the cache). `NaN`, `inf` and numbers too large for a double are errors naming
+//! the line. A column holding any other text cannot be a payload field; asking for it
+//! is an error naming the first such cell. A byte-order mark and CRLF line endings are
+//! accepted. Values are parsed as they are read (no copy of the file's text is kept).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 
 use crate::interval::Interval;
 use crate::loader::{CacheLoader, LoaderError};
@@ -20,16 +22,19 @@ use crate::time::{parse_timestamp, Timestamp};
 
 const TS_NAMES: &[&str] = &["ts", "datetime", "date", "time", "timestamp"];
 
-enum Column {
-    Numeric(Vec<Option<f64>>),
-    Text(Vec<String>),
+/// One payload column: numbers (NaN where empty) until a text cell makes it unusable.
+struct Column {
+    name: String,
+    values: Vec<f64>,
+    /// The first cell that is not a number: (line, text).
+    text: Option<(u64, String)>,
 }
 
 /// A CSV file held in memory, served by time range.
 pub struct CsvLoader {
     path: PathBuf,
     ts: Vec<Timestamp>,
-    columns: Vec<(String, Column)>,
+    columns: Vec<Column>,
 }
 
 impl std::fmt::Debug for CsvLoader {
@@ -61,6 +66,9 @@ impl CsvLoader {
             path: path.clone(),
             source,
         })?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(LoaderError::NotAFile { path });
+        }
         let mut reader = ::csv::ReaderBuilder::new()
             .flexible(false)
             .from_reader(file);
@@ -69,7 +77,7 @@ impl CsvLoader {
             source,
         };
 
-        // Find the timestamp column.
+        // Read the header and find the timestamp column.
         let headers: Vec<String> = reader
             .headers()
             .map_err(csv_err)?
@@ -84,14 +92,32 @@ impl CsvLoader {
                 h.trim().to_owned()
             })
             .collect();
+        if headers.iter().all(String::is_empty) && headers.len() <= 1 {
+            return Err(LoaderError::Empty { path });
+        }
+        for (i, h) in headers.iter().enumerate() {
+            if !h.is_empty() && headers[..i].iter().any(|o| o.eq_ignore_ascii_case(h)) {
+                return Err(LoaderError::DuplicateColumn {
+                    path,
+                    column: h.clone(),
+                });
+            }
+        }
         let ts_index = ts_column(&headers).ok_or_else(|| LoaderError::NoTsColumn {
             path: path.clone(),
             found: headers.join(","),
         })?;
 
-        // Read every row, parsing times and keeping payload text for typing below.
+        // Parse every row as it is read.
         let mut ts = Vec::new();
-        let mut cells: Vec<Vec<String>> = vec![Vec::new(); headers.len()];
+        let mut columns: Vec<Column> = headers
+            .iter()
+            .map(|name| Column {
+                name: name.clone(),
+                values: Vec::new(),
+                text: None,
+            })
+            .collect();
         let mut record = ::csv::StringRecord::new();
         while reader.read_record(&mut record).map_err(csv_err)? {
             let line = record.position().map_or(0, |p| p.line());
@@ -116,36 +142,40 @@ impl CsvLoader {
             }
             ts.push(t);
             for (i, value) in record.iter().enumerate() {
-                if i != ts_index {
-                    cells[i].push(value.trim().to_owned());
+                let column = &mut columns[i];
+                if i == ts_index || column.text.is_some() {
+                    continue;
+                }
+                let value = value.trim();
+                if value.is_empty() {
+                    column.values.push(f64::NAN);
+                    continue;
+                }
+                match value.parse::<f64>() {
+                    Ok(v) if v.is_finite() => column.values.push(v),
+                    Ok(_) => {
+                        return Err(LoaderError::NonFinite {
+                            path,
+                            line,
+                            column: column.name.clone(),
+                            value: value.to_owned(),
+                        })
+                    }
+                    Err(_) => {
+                        column.text = Some((line, value.to_owned()));
+                        column.values = Vec::new();
+                    }
                 }
             }
         }
         if ts.is_empty() {
             return Err(LoaderError::Empty { path });
         }
-
-        // Type each payload column.
-        let mut columns = Vec::new();
-        for (i, (name, values)) in headers.into_iter().zip(cells).enumerate() {
-            if i == ts_index {
-                continue;
+        columns.remove(ts_index);
+        for column in &mut columns {
+            if column.name.is_empty() {
+                column.name = "unnamed".to_owned();
             }
-            let parsed: Option<Vec<Option<f64>>> = values
-                .iter()
-                .map(|v| {
-                    if v.is_empty() {
-                        Some(None)
-                    } else {
-                        v.parse().ok().map(Some)
-                    }
-                })
-                .collect();
-            let column = match parsed {
-                Some(numbers) => Column::Numeric(numbers),
-                None => Column::Text(values),
-            };
-            columns.push((name, column));
         }
         tracing::debug!(path = %path.display(), rows = ts.len(), "csv.loaded");
         Ok(CsvLoader { path, ts, columns })
@@ -166,28 +196,18 @@ impl CsvLoader {
         (self.ts[0], self.ts[self.ts.len() - 1])
     }
 
-    /// The rows with `start <= ts < end` as a batch.
+    /// The rows with `start <= ts < end` as a batch of `ts` and every numeric column.
     ///
     /// # Errors
     /// Only if Arrow rejects the batch, which the loader's own checks rule out.
     pub fn range(&self, start: Timestamp, end: Timestamp) -> Result<RecordBatch, LoaderError> {
         let lo = self.ts.partition_point(|t| *t < start);
         let hi = self.ts.partition_point(|t| *t < end).max(lo);
-        let mut arrays: Vec<(String, ArrayRef)> = vec![(
-            "ts".to_owned(),
-            Arc::new(Int64Array::from(self.ts[lo..hi].to_vec())),
-        )];
-        for (name, column) in &self.columns {
-            let array: ArrayRef = match column {
-                Column::Numeric(v) => Arc::new(Float64Array::from(v[lo..hi].to_vec())),
-                Column::Text(v) => Arc::new(StringArray::from(v[lo..hi].to_vec())),
-            };
-            let name = if name.is_empty() {
-                "unnamed".to_owned()
-            } else {
-                name.clone()
-            };
-            arrays.push((name, array));
+        let mut arrays: Vec<(&str, ArrayRef)> =
+            vec![("ts", Arc::new(Int64Array::from(self.ts[lo..hi].to_vec())))];
+        for column in self.columns.iter().filter(|c| c.text.is_none()) {
+            let values = Float64Array::from(column.values[lo..hi].to_vec());
+            arrays.push((column.name.as_str(), Arc::new(values)));
         }
         RecordBatch::try_from_iter(arrays).map_err(LoaderError::permanent)
     }
@@ -208,13 +228,51 @@ impl CacheLoader for CsvLoader {
     fn describe(&self) -> String {
         format!("csv:{}", self.path.display())
     }
+
+    fn coverage(&self) -> Option<(Timestamp, Timestamp)> {
+        Some(self.span())
+    }
+
+    fn check_fields(&self, fields: &[String]) -> Result<(), LoaderError> {
+        let find = |f: &String| self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(f));
+        let missing: Vec<&str> = fields
+            .iter()
+            .filter(|f| find(f).is_none())
+            .map(String::as_str)
+            .collect();
+        let text: Vec<String> = fields
+            .iter()
+            .filter_map(find)
+            .filter_map(|c| {
+                let (line, cell) = c.text.as_ref()?;
+                Some(format!("'{}' holds text ('{cell}' at line {line})", c.name))
+            })
+            .collect();
+        if missing.is_empty() && text.is_empty() {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            let columns: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+            problems.push(format!(
+                "missing {} (columns besides the timestamp: {})",
+                missing.join(", "),
+                columns.join(", ")
+            ));
+        }
+        problems.extend(text);
+        Err(LoaderError::Fields {
+            path: self.path.clone(),
+            wanted: fields.join(", "),
+            problems: problems.join("; "),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int64Type};
-    use arrow_array::Array;
 
     use super::*;
 
@@ -244,7 +302,7 @@ mod tests {
             .column_by_name("Open")
             .unwrap()
             .as_primitive::<Float64Type>();
-        assert!(open.is_null(1));
+        assert!(open.value(1).is_nan(), "an empty cell is missing");
         assert_eq!(batch.num_rows(), 2);
     }
 
@@ -283,6 +341,23 @@ mod tests {
                 "looks like milliseconds",
             ),
             ("empty.csv", "ts,v\n", "holds no data rows"),
+            ("nothing.csv", "", "holds no data rows"),
+            (
+                "nan.csv",
+                "ts,v\n10,NaN\n",
+                "line 2, column 'v': 'NaN' is not a finite",
+            ),
+            (
+                "inf.csv",
+                "ts,v\n10,1\n11,-inf\n",
+                "line 3, column 'v': '-inf'",
+            ),
+            (
+                "huge.csv",
+                "ts,v\n10,1e400\n",
+                "'1e400' is not a finite number",
+            ),
+            ("twice.csv", "ts,v,V\n10,1,2\n", "two columns named 'V'"),
             ("ragged.csv", "ts,v\n10,1,3\n", "malformed CSV"),
         ];
         for (name, content, want) in cases {
@@ -297,13 +372,35 @@ mod tests {
     }
 
     #[test]
-    fn text_columns_are_kept_as_text() {
-        let path = write("text.csv", "date,symbol,close\n2020-01-01,EURUSD,1.1\n");
-        let batch = CsvLoader::open(&path).unwrap().range(0, i64::MAX).unwrap();
-        assert!(batch
-            .column_by_name("symbol")
-            .unwrap()
-            .as_string_opt::<i32>()
-            .is_some());
+    fn fields_are_checked_up_front_naming_every_problem() {
+        let path = write(
+            "fields.csv",
+            "date,symbol,close,open\n2020-01-01,EURUSD,1.1,1\n",
+        );
+        let loader = CsvLoader::open(&path).unwrap();
+        let fields = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(loader.check_fields(&fields(&["CLOSE", "open"])).is_ok());
+        let err = loader
+            .check_fields(&fields(&["close", "high", "volume", "symbol"]))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "missing high, volume",
+            "'symbol' holds text ('EURUSD' at line 2)",
+        ] {
+            assert!(err.contains(want), "{err}");
+        }
+        let batch = loader.range(0, i64::MAX).unwrap();
+        assert!(
+            batch.column_by_name("symbol").is_none(),
+            "text is not payload"
+        );
+        assert_eq!(loader.coverage(), Some((1_577_836_800, 1_577_836_800)));
+    }
+
+    #[test]
+    fn decimal_epoch_seconds_are_accepted() {
+        let path = write("decimal.csv", "ts,v\n1492592400.0,1\n");
+        assert_eq!(CsvLoader::open(&path).unwrap().span().0, 1_492_592_400);
     }
 }

@@ -1,0 +1,427 @@
+//! Dryrun end to end with real processes: a throwaway PostgreSQL server, `qmtl import`,
+//! `qmtl gateway` on a free port and `qmtl run --mode dryrun` following the history
+//! table. Rows inserted while the run follows the table are computed and their outputs
+//! recorded; `/metrics` shows the guide's four backfill metrics; a second strategy
+//! sharing `sma_fast` reads it from the first one's queue instead of computing it;
+//! SIGTERM ends both with exit 0 and a report. The backfill guide's own command works
+//! as printed (hosts and ports changed), and a bad gateway is a clear error.
+
+#![cfg(unix)]
+
+#[path = "../../qmtl/tests/support/pg.rs"]
+mod pg;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const START: &str = "1492592400";
+const END: &str = "1518019200";
+/// The last bar of the bundled file.
+const LAST_BAR: i64 = 1_518_015_600;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn qmtl() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qmtl"));
+    cmd.current_dir(repo()).env_remove("QMTL_GATEWAY_TOKEN");
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    pg::server().dir.join(name)
+}
+
+fn node_id(strategy: &str, name: &str) -> String {
+    let out = qmtl().args(["nodes", strategy, "--json"]).output().unwrap();
+    let nodes: Value = serde_json::from_slice(&out.stdout).unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .map(|n| n["node_id"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+fn import(strategy: &str, stream: &str, from: &str, table: &str) {
+    let into = format!("questdb:{}", pg::server().dsn());
+    let out = qmtl()
+        .args(["import", "--strategy", strategy, "--stream", stream])
+        .args(["--from", from, "--into", &into, "--table", table])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A running child whose output lines are collected as they come.
+struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qmtl starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for pipe in pipes {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Running { child, lines }
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The first line containing `needle`, waiting up to `within`.
+    #[track_caller]
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let began = Instant::now();
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("exited ({status}) before '{needle}':\n{}", self.output());
+            }
+            assert!(
+                began.elapsed() < within,
+                "no '{needle}' within {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns the status and how long the exit took.
+    fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let pid = self.child.id().to_string();
+        let sent = Instant::now();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "still running 10 s after SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `qmtl gateway` on a free port; returns it and its URL.
+fn gateway(extra: &[&str]) -> (Running, String) {
+    let mut cmd = qmtl();
+    cmd.args([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "sqlite::memory:",
+    ]);
+    cmd.args(extra);
+    let mut running = Running::spawn(cmd);
+    let line = running.wait_for("gateway listening on http://", Duration::from_secs(20));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    (running, url)
+}
+
+/// GET over plain HTTP/1.0; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map_or(answer.clone(), |(_, b)| b.to_owned())
+}
+
+fn free_port() -> u16 {
+    pg::closed_port()
+}
+
+fn dryrun(strategy: &str, url: &str, table: &str, report: &Path, extra: &[&str]) -> Command {
+    let source = format!("questdb:{}", pg::server().dsn());
+    let mut cmd = qmtl();
+    cmd.args(["run", strategy, "--mode", "dryrun", "--gateway-url", url])
+        .args(["--backfill-source", &source, "--backfill-table", table])
+        .args(["--backfill-start", START, "--backfill-end", END])
+        .args(["--poll-interval", "0.2", "--report-json"])
+        .arg(report)
+        .args(extra);
+    cmd
+}
+
+/// Rows of `node` at or after `from` in `table`, waiting up to 20 s for `want` of them.
+#[track_caller]
+fn wait_rows(table: &str, node: &str, from: i64, want: usize, runs: &[&Running]) -> usize {
+    let began = Instant::now();
+    loop {
+        let sql = format!("SELECT count(*) FROM {table} WHERE node_id = '{node}' AND ts >= {from}");
+        let n: usize = pg::server().psql(&sql).parse().unwrap();
+        if n >= want {
+            return n;
+        }
+        if began.elapsed() > Duration::from_secs(20) {
+            let logs: Vec<String> = runs.iter().map(|r| r.output()).collect();
+            panic!(
+                "{n} of {want} rows of {node} after {from}:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn insert_bars(table: &str, bars: &str, from: i64, count: i64) {
+    let mut values = Vec::new();
+    for k in 0..count {
+        let ts = from + k * 3600;
+        let close = 1.30 + k as f64 * 0.01;
+        values.push(format!(
+            "('{bars}', 3600, {ts}, {close}, {close}, {close}, {close}, 10)"
+        ));
+    }
+    pg::server().psql(&format!(
+        "INSERT INTO {table} (node_id, interval, ts, open, high, low, close, volume) VALUES {}",
+        values.join(", ")
+    ));
+}
+
+fn read_report(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn report_node<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap()
+}
+
+#[test]
+fn dryrun_follows_the_table_shares_a_node_and_stops_on_sigterm() {
+    let table = "live_e2e";
+    let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
+    import("momentum", "bars", &csv, table);
+    let bars = node_id("momentum", "bars");
+    let sma_fast = node_id("momentum", "sma_fast");
+    let signal = node_id("momentum", "signal");
+    let wide_signal = node_id("momentum_wide", "signal");
+    assert_eq!(sma_fast, node_id("momentum_wide", "sma_fast"));
+    let (_gateway, url) = gateway(&[]);
+
+    // The first strategy backfills, replays, records its nodes and follows the table.
+    let metrics_port = free_port().to_string();
+    let report_a = scratch("live_a.json");
+    let mut a = Running::spawn(dryrun(
+        "momentum",
+        &url,
+        table,
+        &report_a,
+        &["--metrics-port", &metrics_port],
+    ));
+    a.wait_for("live.start", Duration::from_secs(60));
+    let metrics = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics");
+    for name in [
+        "backfill_jobs_in_progress",
+        "backfill_last_timestamp",
+        "backfill_retry_total",
+        "backfill_failure_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!("node_id=\"{bars}\"")),
+        "{metrics}"
+    );
+    let warm = wait_rows(table, &sma_fast, 0, 1, &[&a]);
+    assert!(
+        warm > 4000,
+        "the warm-up outputs of sma_fast are recorded: {warm}"
+    );
+
+    // The second strategy reads sma_fast from the first one's queue.
+    let report_b = scratch("live_b.json");
+    let mut b = Running::spawn(dryrun("momentum_wide", &url, table, &report_b, &[]));
+    b.wait_for("live.start", Duration::from_secs(60));
+
+    // Rows inserted now are computed by both, and their outputs recorded.
+    let first_new = LAST_BAR + 3600;
+    insert_bars(table, &bars, first_new, 3);
+    wait_rows(table, &signal, first_new, 3, &[&a, &b]);
+    wait_rows(table, &sma_fast, first_new, 3, &[&a, &b]);
+    wait_rows(table, &wide_signal, first_new, 3, &[&a, &b]);
+
+    // SIGTERM stops each within 2 s, with exit 0 and a report.
+    for (run, path) in [(&mut b, &report_b), (&mut a, &report_a)] {
+        let (status, took) = run.terminate();
+        assert!(status.success(), "{status}:\n{}", run.output());
+        assert!(
+            took < Duration::from_secs(2),
+            "took {took:?}:\n{}",
+            run.output()
+        );
+        let report = read_report(path);
+        assert!(report["live_events"].as_u64().unwrap() >= 3, "{report}");
+        assert!(report["live_outputs"].as_u64().unwrap() >= 3, "{report}");
+        let id = report["strategy_id"].as_str().unwrap();
+        let addr = url.trim_start_matches("http://");
+        let status = http_get(addr, &format!("/strategies/{id}/status"));
+        assert!(status.contains("ended"), "{status}");
+    }
+    let wide = read_report(&report_b);
+    assert_eq!(report_node(&wide, "sma_fast")["queue"], sma_fast.as_str());
+    assert!(
+        report_node(&wide, "sma_fast")["rows_loaded"]
+            .as_u64()
+            .unwrap()
+            > 4000
+    );
+    assert!(report_node(&wide, "signal")["outputs"].as_u64().unwrap() > 0);
+    let own = read_report(&report_a);
+    assert!(
+        report_node(&own, "sma_fast").get("queue").is_none(),
+        "{own}"
+    );
+    assert_eq!(own["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(wide["jobs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_guides_dryrun_command_works_as_printed() {
+    // One row a second for the sample's price stream over the guide's hour.
+    let csv = scratch("price.csv");
+    let mut rows = String::from("ts,value\n");
+    for t in 1_700_000_000..1_700_003_600 {
+        rows.push_str(&format!("{t},{}\n", (t % 97) as f64 / 10.0));
+    }
+    std::fs::write(&csv, rows).unwrap();
+    import(
+        "sample",
+        "price",
+        &format!("csv:{}", csv.display()),
+        "node_data",
+    );
+    let (_gateway, url) = gateway(&[]);
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let server = pg::server();
+
+    // The guide's line with the strategy, hosts and ports changed.
+    let line = format!(
+        "qmtl run tests.sample_strategy:SampleStrategy --mode dryrun --gateway-url \
+         http://127.0.0.1:{port} --backfill-source questdb:postgresql://{}:{}@127.0.0.1:{}/{} \
+         --backfill-start 1700000000 --backfill-end 1700003600",
+        pg::USER,
+        server.password,
+        server.port,
+        pg::DB
+    );
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut cmd = qmtl();
+    cmd.args(&words[1..]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("live.start", Duration::from_secs(60));
+    let out = node_id("sample", "out");
+    assert_eq!(
+        wait_rows("node_data", &out, 1_700_000_000, 3600, &[&run]),
+        3600
+    );
+
+    // A live row is passed through and recorded; SIGTERM ends the run cleanly.
+    let price = node_id("sample", "price");
+    server.psql(&format!(
+        "INSERT INTO node_data (node_id, interval, ts, value) \
+         VALUES ('{price}', 1, 1700003600, 42.5)"
+    ));
+    wait_rows("node_data", &out, 1_700_003_600, 1, &[&run]);
+    let value = server.psql(&format!(
+        "SELECT value FROM node_data WHERE node_id = '{out}' AND ts = 1700003600"
+    ));
+    assert_eq!(value, "42.5");
+    let (status, took) = run.terminate();
+    assert!(status.success(), "{status}:\n{}", run.output());
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(!run.output().contains(&server.password), "{}", run.output());
+    assert!(run.output().contains("1 live rows"), "{}", run.output());
+}
+
+#[test]
+fn gateway_refusals_exit_with_their_codes() {
+    let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
+    let (_gateway, url) = gateway(&["--token", "t0ken-x"]);
+    let run = |url: &str| {
+        qmtl()
+            .args(["run", "momentum", "--mode", "live", "--gateway-url", url])
+            .args(["--backfill-source", &csv, "--backfill-start", START])
+            .args(["--backfill-end", END])
+            .output()
+            .unwrap()
+    };
+    let out = run(&url);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("401 unauthorized"), "{}", text(&out));
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = run(&closed);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("gateway {closed} is unreachable")),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,672 @@
+//! A run registered with a gateway (`dryrun` and `live`): register the DAG, apply the
+//! queue map, backfill, replay the warm-up, then process live rows until the live source
+//! ends or the run is cancelled, and end the registration however the run ends.
+//!
+//! The queue map decides what executes here. A processing node that another active
+//! strategy computes does not execute: it becomes a feed whose rows (its history and its
+//! live rows) are read from its queue, which in this version is the history table,
+//! rows keyed by the node id. A tag query node gets one input per matched queue, with
+//! the payload fields found in the table for that queue. Streams are always feeds.
+//!
+//! Queues live in one database, the *queue store*: the `--record-to` database and table
+//! when given, else the first `questdb:` / `postgres:` backfill source and the backfill
+//! table. Every node that executes here (every node except streams and nodes read from
+//! a queue; with a JSON-lines live source, streams too) is recorded there as it
+//! produces rows, warm-up included, so that other strategies can read it as a queue:
+//! buffered, written at the end of every live cycle (at least once per poll interval)
+//! and at shutdown. Without a queue store nothing is recorded, and a warning says that
+//! strategies mapping these nodes will get no rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, RecordBatch};
+
+use super::{
+    build_report, export_cache_reads, open_once, warmup_events, PlanEntry, RunError, Runner,
+};
+use crate::batch::Columns;
+use crate::cache::BulkRows;
+use crate::dag::Dag;
+use crate::engine::{run_backfill, BackfillJob, ChunkSink, JobStatus, SinkError};
+use crate::gateway_client::{GatewayClient, QueueTarget, Registration, RunType};
+use crate::live::{JsonlSource, LiveBatch, LiveFeed, LiveSource, LiveSpec, TableFollower};
+use crate::loader::CacheLoader;
+use crate::metrics::{self, MetricsServer};
+use crate::node::{NodeId, NodeSpec, NodeType};
+use crate::recorder::{OutputBuffer, Recorded, Recorder};
+use crate::replay::{replay_feeds, Executor, Feed};
+use crate::report::{Report, Timings};
+use crate::sources::{SourceMap, SourceOptions, SourceSpec, DEFAULT_TABLE};
+use crate::telemetry;
+use crate::time::Timestamp;
+use crate::Mode;
+
+/// How long ending the registration may take at shutdown.
+const END_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Ends a registration, best effort: a failure is logged, never returned.
+pub(super) async fn end_registration(client: &GatewayClient, strategy_id: &str) {
+    match tokio::time::timeout(END_TIMEOUT, client.end(strategy_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(
+            gateway_url = %client.url(), strategy_id, error = %error, "gateway.end_failed"
+        ),
+        Err(_) => tracing::warn!(
+            gateway_url = %client.url(), strategy_id, timeout_ms = END_TIMEOUT.as_millis() as u64,
+            "gateway.end_timed_out"
+        ),
+    }
+}
+
+/// One feed of the run: where its rows come from and where they enter the DAG.
+struct FeedPlan {
+    feed: LiveFeed,
+    target: Feed,
+    /// The stream's node index, for a stream (its own cache takes the rows too).
+    stream: Option<usize>,
+    loader: Arc<dyn CacheLoader>,
+    start: Timestamp,
+}
+
+/// One resolved input of a tag query node: (queue id, interval, fields).
+type TagInput = (NodeId, crate::Interval, Arc<[String]>);
+
+/// The database and table queues are read from and recorded to.
+struct QueueStore {
+    spec: SourceSpec,
+    table: String,
+}
+
+/// Runs a dryrun or live strategy; see the module docs.
+pub(super) async fn run(runner: Runner, dag: Dag) -> Result<Report, RunError> {
+    let url = runner.gateway_url.clone().unwrap_or_default();
+    let client = GatewayClient::new(&url)?.token(runner.gateway_token.clone());
+
+    // Open everything that can fail on bad input before registering.
+    let loaders = runner.open_sources(&dag).await?;
+    let store = queue_store(&runner)?;
+    let recorder = match &store {
+        Some(store) => Some(open_store_recorder(store).await?),
+        None => None,
+    };
+
+    // Register; from here on the registration is ended however the run ends.
+    let run_type = if runner.mode == Mode::Live {
+        RunType::Live
+    } else {
+        RunType::DryRun
+    };
+    let registration = client.register(&dag, run_type).await?;
+    let id = registration.strategy_id.clone();
+    let result = run_registered(&runner, &dag, loaders, store, recorder, &registration).await;
+    end_registration(&client, &id).await;
+    let mut report = result?;
+    report.live.strategy_id = Some(id);
+    if let Some(path) = &runner.report_json {
+        report.write_json(path).map_err(|source| RunError::Report {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+/// The queue store, by the rule in the module docs.
+fn queue_store(runner: &Runner) -> Result<Option<QueueStore>, RunError> {
+    if let Some(settings) = runner.record.as_ref().filter(|s| !s.spec.is_empty()) {
+        let spec = settings.spec.parse::<SourceSpec>()?;
+        return Ok(Some(QueueStore {
+            spec,
+            table: settings.table.clone(),
+        }));
+    }
+    let texts: Vec<String> = runner
+        .sources
+        .iter()
+        .filter_map(|arg| match arg {
+            super::SourceArg::Spec { stream: None, text } => Some(text.clone()),
+            super::SourceArg::Spec {
+                stream: Some(s),
+                text,
+            } => Some(format!("{s}={text}")),
+            super::SourceArg::Loader { .. } => None,
+        })
+        .collect();
+    let map = SourceMap::parse(&texts)?;
+    let database = map
+        .default
+        .iter()
+        .chain(map.by_stream.iter().map(|(_, s)| s))
+        .find(|s| matches!(s, SourceSpec::Postgres(_)))
+        .cloned();
+    Ok(database.map(|spec| QueueStore {
+        spec,
+        table: runner
+            .backfill_table
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TABLE.to_owned()),
+    }))
+}
+
+async fn open_store_recorder(store: &QueueStore) -> Result<Recorder, RunError> {
+    let SourceSpec::Postgres(source) = &store.spec else {
+        return Err(RunError::Record {
+            spec: store.spec.to_string(),
+            source: crate::recorder::RecordError::NotADatabase {
+                spec: store.spec.to_string(),
+            },
+        });
+    };
+    Recorder::connect(source, &store.table)
+        .await
+        .map_err(|source| RunError::Record {
+            spec: store.spec.to_string(),
+            source,
+        })
+}
+
+/// Everything after registration: plan, backfill, replay, live.
+async fn run_registered(
+    runner: &Runner,
+    dag: &Dag,
+    loaders: Vec<Arc<dyn CacheLoader>>,
+    store: Option<QueueStore>,
+    mut recorder: Option<Recorder>,
+    registration: &Registration,
+) -> Result<Report, RunError> {
+    // Resolve the range.
+    let explicit_start = runner
+        .start
+        .as_ref()
+        .map(|t| t.resolve("--backfill-start"))
+        .transpose()?;
+    let explicit_end = runner
+        .end
+        .as_ref()
+        .map(|t| t.resolve("--backfill-end"))
+        .transpose()?;
+    let end = explicit_end.unwrap_or_else(crate::time::now);
+    let warmup = warmup_events(dag);
+    let start_of = |spec: &NodeSpec, events: u64| {
+        explicit_start.unwrap_or_else(|| {
+            end.saturating_sub((events as i64).saturating_mul(spec.interval.secs_i64()))
+        })
+    };
+    if let Some(start) = explicit_start.filter(|s| *s >= end) {
+        return Err(RunError::EmptyRange {
+            start,
+            start_h: crate::time::format_timestamp(start),
+            end,
+            end_h: crate::time::format_timestamp(end),
+        });
+    }
+
+    // Plan the feeds: streams, nodes computed elsewhere, tag queries' queues.
+    let mut queue_loader: Option<Arc<dyn CacheLoader>> = None;
+    let mut feeds: Vec<FeedPlan> = Vec::new();
+    let mut external: HashMap<usize, String> = HashMap::new();
+    let mut tag_inputs: Vec<(usize, Vec<TagInput>)> = Vec::new();
+    let mut streams = dag.streams().zip(&loaders);
+    for (index, node) in dag.nodes().iter().enumerate() {
+        let target = registration.queue_map.get(&node.id);
+        match node.node_type {
+            NodeType::StreamInput => {
+                let (spec, loader) = streams.next().expect("one loader per stream");
+                let events = warmup.get(&spec.id).copied().unwrap_or(spec.period as u64);
+                feeds.push(FeedPlan {
+                    feed: live_feed(node),
+                    target: Feed::Node(index),
+                    stream: Some(index),
+                    loader: loader.clone(),
+                    start: start_of(spec, events),
+                });
+            }
+            NodeType::Node => {
+                let Some(QueueTarget::Queue(queue)) = target else {
+                    continue;
+                };
+                let loader = open_queue_loader(&mut queue_loader, &store, node, queue).await?;
+                let mut feed = live_feed(node);
+                feed.node_id = NodeId::from_hex(queue.as_str());
+                feeds.push(FeedPlan {
+                    feed,
+                    target: Feed::Node(index),
+                    stream: None,
+                    loader,
+                    start: start_of(node, 2 * node.period as u64),
+                });
+                external.insert(index, queue.clone());
+            }
+            NodeType::TagQueryNode => {
+                let queues = match target {
+                    Some(QueueTarget::Queues(q)) => q.as_slice(),
+                    _ => &[],
+                };
+                if queues.is_empty() {
+                    tracing::warn!(
+                        node_id = %node.id, name = %node.name, "tag_query.no_queues"
+                    );
+                    continue;
+                }
+                let loader = open_queue_loader(&mut queue_loader, &store, node, &queues[0]).await?;
+                let start = start_of(node, 2 * node.period as u64);
+                let mut inputs = Vec::new();
+                for queue in queues {
+                    let id = NodeId::from_hex(queue.as_str());
+                    let Some(fields) = probe_fields(&*loader, &id, node, start, end).await else {
+                        tracing::warn!(
+                            node_id = %node.id, queue = %queue, start, end,
+                            "tag_query.queue_without_rows_skipped"
+                        );
+                        continue;
+                    };
+                    let slot = inputs.len();
+                    inputs.push((id.clone(), node.interval, fields.clone()));
+                    feeds.push(FeedPlan {
+                        feed: LiveFeed {
+                            name: queue.clone(),
+                            node_id: id,
+                            interval: node.interval,
+                            fields,
+                        },
+                        target: Feed::Input { node: index, slot },
+                        stream: None,
+                        loader: loader.clone(),
+                        start,
+                    });
+                }
+                tracing::info!(
+                    node_id = %node.id, name = %node.name, queues = inputs.len(),
+                    "tag_query.resolved"
+                );
+                tag_inputs.push((index, inputs));
+            }
+        }
+    }
+    let plan: Vec<PlanEntry> = feeds
+        .iter()
+        .map(|f| PlanEntry {
+            name: f.feed.name.clone(),
+            node_id: f.feed.node_id.to_string(),
+            interval: f.feed.interval,
+            start: f.start,
+            end,
+            source: f.loader.describe(),
+        })
+        .collect();
+    runner.show_plan(&plan);
+
+    // Serve metrics for the length of the run.
+    let metrics = runner
+        .metrics
+        .clone()
+        .unwrap_or_else(|| metrics::global().clone());
+    let _server: Option<MetricsServer> = match runner.metrics_port {
+        Some(port) => Some(
+            metrics::serve_metrics(
+                metrics.clone(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
+    // Backfill every feed.
+    let began = Instant::now();
+    let jobs: Vec<BackfillJob> = feeds
+        .iter()
+        .map(|f| BackfillJob {
+            node_id: f.feed.node_id.clone(),
+            name: f.feed.name.clone(),
+            interval: f.feed.interval,
+            start: f.start,
+            end,
+            fields: f.feed.fields.clone(),
+            loader: f.loader.clone(),
+        })
+        .collect();
+    let sink = Arc::new(FeedSink::new(&feeds));
+    let total: u64 = jobs.iter().map(|j| (j.end - j.start).max(0) as u64).sum();
+    let bar = telemetry::progress_bar(total, "backfill");
+    let job_reports = run_backfill(
+        jobs,
+        &runner.config,
+        metrics.clone(),
+        sink.clone(),
+        runner.cancel.clone(),
+        bar,
+    )
+    .await;
+    let backfill_s = began.elapsed().as_secs_f64();
+    let history = sink.take();
+
+    // Build the executor: external nodes, resolved tag queries, stream caches.
+    let mut exec = Executor::new(dag, runner.on_missing);
+    exec.track_reads(runner.track_reads);
+    for &index in external.keys() {
+        exec.set_external(index);
+    }
+    for (index, inputs) in &tag_inputs {
+        exec.set_tag_inputs(*index, inputs);
+    }
+    for (f, columns) in feeds.iter().zip(&history) {
+        if let Some(index) = f.stream {
+            let cols: Vec<&[f64]> = columns.values.iter().map(Vec::as_slice).collect();
+            let rows = BulkRows {
+                ts: &columns.ts,
+                columns: &cols,
+            };
+            let id = &f.feed.node_id;
+            if let Err(error) =
+                exec.cache_mut(index)
+                    .backfill_bulk(id, f.feed.interval, rows, (f.start, end))
+            {
+                tracing::error!(node_id = %id, error = %error, "backfill.merge_failed");
+            }
+        }
+    }
+    let recorded = recorded_nodes(runner, dag, &exec)?;
+    let buffer = OutputBuffer::new(&recorded.iter().collect::<Vec<_>>());
+    match &recorder {
+        Some(_) => exec.set_output_sink(Box::new(buffer.clone())),
+        None if !recorded.is_empty() => tracing::warn!(
+            nodes = recorded.len(),
+            "record.no_queue_store_others_get_no_rows"
+        ),
+        None => {}
+    }
+
+    // Replay the warm-up when every job completed, and record what it produced.
+    let all_completed = job_reports.iter().all(|j| j.status == JobStatus::Completed);
+    let began = Instant::now();
+    let mut events = 0;
+    if all_completed {
+        let inputs: Vec<(Feed, &Columns)> =
+            feeds.iter().map(|f| f.target).zip(history.iter()).collect();
+        events = replay_feeds(&mut exec, &inputs)?;
+    }
+    let replay_s = began.elapsed().as_secs_f64();
+    let mut spare: Vec<Recorded> = Vec::new();
+    if let Some(recorder) = &mut recorder {
+        record_cycle(recorder, &buffer, &mut spare, store.as_ref()).await?;
+    }
+    let outputs_after_replay = total_outputs(&exec);
+
+    // Follow live rows until the source ends or the run is cancelled.
+    let mut live = crate::report::LiveFigures::default();
+    if all_completed && !runner.cancel.is_cancelled() {
+        let watermarks: Vec<Timestamp> = feeds
+            .iter()
+            .zip(&job_reports)
+            .map(|(f, job)| {
+                let step = f.feed.interval.secs_i64();
+                match job.last_ts {
+                    Some(last) => f.feed.interval.bucket(last),
+                    None => f.feed.interval.bucket(f.start).saturating_sub(step),
+                }
+            })
+            .collect();
+        let live_feeds: Vec<LiveFeed> = feeds.iter().map(|f| f.feed.clone()).collect();
+        let mut source: Box<dyn LiveSource> = match &runner.live {
+            LiveSpec::Table => Box::new(TableFollower::new(
+                feeds
+                    .iter()
+                    .zip(&watermarks)
+                    .map(|(f, w)| (f.feed.clone(), f.loader.clone(), *w))
+                    .collect(),
+                runner.poll_interval,
+            )),
+            LiveSpec::Jsonl(path) => {
+                Box::new(JsonlSource::open(path, &live_feeds, runner.poll_interval)?)
+            }
+        };
+        tracing::info!(
+            strategy = %runner.strategy_name, source = %source.describe(), feeds = feeds.len(),
+            poll_ms = runner.poll_interval.as_millis() as u64, "live.start"
+        );
+        let mut last = watermarks;
+        let mut batch = LiveBatch::new(&live_feeds);
+        loop {
+            batch.clear();
+            let more = tokio::select! {
+                biased;
+                () = runner.cancel.cancelled() => false,
+                more = source.next_batch(&mut batch) => more?,
+            };
+            batch.sort();
+            for (f, ts, values) in batch.iter() {
+                let plan = &feeds[f];
+                let bucket = plan.feed.interval.bucket(ts);
+                if bucket <= last[f] {
+                    live.live_duplicates += 1;
+                    continue;
+                }
+                last[f] = bucket;
+                if let Some(index) = plan.stream {
+                    exec.cache_mut(index).append(0, ts, values);
+                }
+                exec.push_to(plan.target, ts, values)?;
+                live.live_events += 1;
+            }
+            if let Some(recorder) = &mut recorder {
+                record_cycle(recorder, &buffer, &mut spare, store.as_ref()).await?;
+            }
+            if !more {
+                break;
+            }
+        }
+        tracing::info!(
+            strategy = %runner.strategy_name, live_events = live.live_events,
+            live_duplicates = live.live_duplicates, cancelled = runner.cancel.is_cancelled(),
+            "live.stopped"
+        );
+    }
+    live.live_outputs = total_outputs(&exec).saturating_sub(outputs_after_replay);
+    if runner.track_reads {
+        export_cache_reads(&exec, &metrics);
+    }
+
+    // Report.
+    let mut report = build_report(
+        &runner.strategy_name,
+        runner.mode,
+        &exec,
+        job_reports,
+        events,
+        Timings {
+            backfill_s,
+            replay_s,
+        },
+    );
+    for (index, queue) in &external {
+        let node = &mut report.nodes[*index];
+        node.queue = Some(queue.clone());
+        node.rows_loaded = report
+            .jobs
+            .iter()
+            .filter(|j| j.node_id.as_str() == queue.as_str())
+            .map(|j| j.rows)
+            .sum();
+    }
+    report.live = live;
+    tracing::info!(
+        strategy = %runner.strategy_name, mode = %runner.mode, events,
+        live_events = report.live.live_events, backfill_s, replay_s,
+        succeeded = report.succeeded(), "run.complete"
+    );
+    Ok(report)
+}
+
+fn live_feed(node: &NodeSpec) -> LiveFeed {
+    LiveFeed {
+        name: node.name.clone(),
+        node_id: node.id.clone(),
+        interval: node.interval,
+        fields: node.fields.clone().into(),
+    }
+}
+
+fn total_outputs(exec: &Executor) -> u64 {
+    (0..exec.nodes().len())
+        .filter(|&i| exec.nodes()[i].node_type != NodeType::StreamInput && !exec.is_external(i))
+        .map(|i| exec.stats(i).outputs)
+        .sum()
+}
+
+async fn open_queue_loader(
+    opened: &mut Option<Arc<dyn CacheLoader>>,
+    store: &Option<QueueStore>,
+    node: &NodeSpec,
+    queue: &str,
+) -> Result<Arc<dyn CacheLoader>, RunError> {
+    if let Some(loader) = opened {
+        return Ok(loader.clone());
+    }
+    let Some(store) = store else {
+        return Err(RunError::NoQueueStore {
+            node: node.name.clone(),
+            queue: queue.to_owned(),
+        });
+    };
+    let options = SourceOptions {
+        table: store.table.clone(),
+    };
+    let loader = open_once(&mut HashMap::new(), &store.spec, &options).await?;
+    *opened = Some(loader.clone());
+    Ok(loader)
+}
+
+/// The payload fields a tag query's queue carries: the table's numeric columns holding
+/// at least one value for the queue in the range. `None` when the queue has no rows.
+async fn probe_fields(
+    loader: &dyn CacheLoader,
+    queue: &NodeId,
+    node: &NodeSpec,
+    start: Timestamp,
+    end: Timestamp,
+) -> Option<Arc<[String]>> {
+    let batch: RecordBatch = match loader.fetch(start, end, queue, node.interval).await {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::warn!(queue = %queue, error = %error, "tag_query.probe_failed");
+            return None;
+        }
+    };
+    if batch.num_rows() == 0 {
+        return None;
+    }
+    let fields: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, c)| !f.name().eq_ignore_ascii_case("ts") && c.null_count() < c.len())
+        .map(|(f, _)| f.name().clone())
+        .take(crate::row::MAX_FIELDS)
+        .collect();
+    (!fields.is_empty()).then(|| fields.into())
+}
+
+/// The nodes recorded as queues: every node executing here except streams (streams too
+/// with a JSON-lines live source), plus any `--record-nodes`.
+fn recorded_nodes(runner: &Runner, dag: &Dag, exec: &Executor) -> Result<Vec<NodeSpec>, RunError> {
+    let jsonl = matches!(runner.live, LiveSpec::Jsonl(_));
+    let mut chosen: Vec<NodeSpec> = dag
+        .nodes()
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !exec.is_external(*i) && (jsonl || n.node_type != NodeType::StreamInput))
+        .map(|(_, n)| n.clone())
+        .collect();
+    if let Some(settings) = &runner.record {
+        for name in &settings.nodes {
+            let Some(node) = dag.by_name(name) else {
+                return Err(RunError::UnknownRecordNode {
+                    name: name.clone(),
+                    known: dag
+                        .nodes()
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            if !chosen.iter().any(|n| n.id == node.id) {
+                chosen.push(node.clone());
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// Writes what the recorded nodes produced since the previous cycle.
+async fn record_cycle(
+    recorder: &mut Recorder,
+    buffer: &OutputBuffer,
+    spare: &mut Vec<Recorded>,
+    store: Option<&QueueStore>,
+) -> Result<(), RunError> {
+    buffer.swap_out(spare);
+    let fail = |source| RunError::Record {
+        spec: store.map_or_else(String::new, |s| s.spec.to_string()),
+        source,
+    };
+    for recorded in spare.iter().filter(|r| !r.columns.is_empty()) {
+        recorder
+            .persist_columns(
+                &recorded.node_id,
+                recorded.interval,
+                &recorded.fields,
+                &recorded.columns,
+            )
+            .await
+            .map_err(fail)?;
+    }
+    recorder.flush().await.map_err(fail)
+}
+
+/// Keeps each feed's backfilled rows, in order, for the cache merge and the replay.
+struct FeedSink {
+    history: std::sync::Mutex<Vec<Columns>>,
+}
+
+impl FeedSink {
+    fn new(feeds: &[FeedPlan]) -> Self {
+        let history = feeds
+            .iter()
+            .map(|f| Columns {
+                ts: Vec::new(),
+                values: vec![Vec::new(); f.feed.fields.len()],
+            })
+            .collect();
+        FeedSink {
+            history: std::sync::Mutex::new(history),
+        }
+    }
+
+    fn take(&self) -> Vec<Columns> {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *history)
+    }
+}
+
+impl ChunkSink for FeedSink {
+    fn accept(
+        &self,
+        job: usize,
+        _start: Timestamp,
+        _end: Timestamp,
+        rows: Columns,
+    ) -> Result<(), SinkError> {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = &mut history[job];
+        kept.ts.extend_from_slice(&rows.ts);
+        for (into, from) in kept.values.iter_mut().zip(&rows.values) {
+            into.extend_from_slice(from);
+        }
+        Ok(())
+    }
+}
