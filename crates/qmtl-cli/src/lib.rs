@@ -214,9 +214,10 @@ struct RunArgs {
 
 fn positive_seconds(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s.is_finite() && (0.001..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!(
-            "'{text}' is not a positive number of seconds (for example 30 or 0.5)"
+            "'{text}' is not a positive number of seconds, at least 0.001 (for example 30 \
+             or 0.5)"
         )),
     }
 }

@@ -253,6 +253,10 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
             "is already in use",
         ),
         (
+            vec!["run", "momentum", "--request-timeout", "1e-12"],
+            "at least 0.001",
+        ),
+        (
             vec!["run", "momentum", "--request-timeout", "-1"],
             "positive number of seconds",
         ),
@@ -271,37 +275,69 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
 }
 
 #[test]
-fn runtime_failures_exit_1_and_name_what_failed() {
-    // A file without the strategy's `close` field: the backfill job fails.
-    let no_close = scratch("no-close.csv");
-    std::fs::write(&no_close, "ts,open,high,low,volume\n1492592400,1,1,1,1\n").unwrap();
-    let spec = format!("csv:{}", no_close.display());
-    let report_path = scratch("failed.json");
-    let out = qmtl(&[
-        "run",
-        "momentum",
-        "--backfill-source",
-        &spec,
-        "--backfill-start",
-        START,
-        "--backfill-end",
-        END,
+fn runtime_failures_exit_1_and_still_write_the_report() {
+    // A weekend gap under --on-missing fail.
+    let report_path = scratch("gap.json");
+    let out = backtest(&[
+        "--on-missing",
+        "fail",
         "--report-json",
         report_path.to_str().unwrap(),
     ]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("field 'close' is not in the batch"), "{all}");
-    assert!(all.contains("node bars"), "{all}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
-    assert_eq!(report["jobs"][0]["status"], "failed");
-
-    // A weekend gap under --on-missing fail.
-    let out = backtest(&["--on-missing", "fail"]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
         all.contains("jumped from 1492804800 to 1492981200"),
+        "{all}"
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["jobs"][0]["status"], "completed");
+}
+
+#[test]
+fn a_file_lacking_fields_is_refused_before_loading_naming_every_one() {
+    let no_close = scratch("no-close.csv");
+    std::fs::write(&no_close, "ts,open,high,low\n1492592400,1,1,1\n").unwrap();
+    let spec = format!("csv:{}", no_close.display());
+    let out = qmtl(&["run", "momentum", "--backfill-source", &spec]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("missing close, volume (columns besides the timestamp: open, high, low)"),
+        "{all}"
+    );
+    assert!(all.contains("no-close.csv"), "{all}");
+}
+
+#[test]
+fn a_report_path_in_a_missing_directory_is_refused_up_front() {
+    let out = backtest(&["--report-json", "/nonexistent-qmtl-dir/r.json"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("directory /nonexistent-qmtl-dir does not exist"),
+        "{all}"
+    );
+    assert!(!all.contains("backfill.start"), "nothing was loaded: {all}");
+}
+
+#[test]
+fn a_range_without_rows_says_why() {
+    let source = bundled();
+    let out = qmtl(&[
+        "run",
+        "momentum",
+        "--backfill-source",
+        &source,
+        "--backfill-start",
+        "2030-01-01",
+        "--backfill-end",
+        "2030-01-02",
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("the source holds [1492592400, 1518015600]"),
         "{all}"
     );
 }

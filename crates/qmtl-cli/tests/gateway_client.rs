@@ -127,7 +127,7 @@ impl qmtl::Strategy for NulName {
             StreamInput::new("pri\0ce")
                 .interval(1)
                 .period(1)
-                .fields(["value"]),
+                .fields(["close"]),
         )?;
         dag.node(
             Node::new("out")

@@ -1,8 +1,8 @@
 //! The DAG executor: pushes stream rows through the nodes in topological order.
 //!
-//! For each row of a stream, the row is appended to the cache of every node that reads
-//! the stream; then each touched node, in declaration order, runs its compute function
-//! once (after all of its inputs have taken this event's values). A node computes only
+//! For each timestamp, the rows of every stream at that time are appended to the caches
+//! of the nodes that read them; then each touched node, in declaration order, runs its
+//! compute function once (after all of its inputs have taken this timestamp's values). A node computes only
 //! when its cache is ready. When an append raised a gap flag, the [`OnMissing`] policy
 //! decides: `skip` stores the value but does not compute for that event, `fail` stops
 //! with an error naming node, interval and both timestamps, `continue` computes anyway.
@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Appended, NodeCache};
 use crate::dag::Dag;
@@ -75,6 +76,12 @@ pub enum ReplayError {
         previous: Timestamp,
         /// The new bucket.
         ts: Timestamp,
+    },
+    /// The run was cancelled during replay.
+    #[error("cancelled after {events} events")]
+    Cancelled {
+        /// Events replayed before stopping.
+        events: u64,
     },
     /// A compute function returned a row of the wrong width.
     #[error("node '{node}' emitted {got} values but declares {want} fields")]
@@ -139,6 +146,7 @@ pub struct Executor {
     track_reads: bool,
     external: Vec<bool>,
     sink: Option<Box<dyn OutputSink>>,
+    cancel: Option<CancellationToken>,
 }
 
 impl Executor {
@@ -178,6 +186,7 @@ impl Executor {
             track_reads: false,
             external: vec![false; count],
             sink: None,
+            cancel: None,
         }
     }
 
@@ -290,6 +299,39 @@ impl Executor {
         }
     }
 
+    /// Hands one row at `ts` to the caches where `feed` says it enters, without computing:
+    /// stage every row of one timestamp, then [`Executor::compute`] once, so a node fed
+    /// by several inputs computes once per timestamp on all of its new values.
+    pub fn stage(&mut self, feed: Feed, ts: Timestamp, values: &[f64]) {
+        match feed {
+            Feed::Node(index) => {
+                self.record(index, ts);
+                self.deliver(index, ts, values);
+            }
+            Feed::Input { node, slot } => self.deliver_one(node, slot, ts, values),
+        }
+    }
+
+    /// Computes every node touched by the rows staged at `ts`, in topological order.
+    ///
+    /// # Errors
+    /// As [`Executor::push`].
+    pub fn compute(&mut self, ts: Timestamp) -> Result<(), ReplayError> {
+        self.run_from(0, ts)
+    }
+
+    /// Stops replay at its next check (every few thousand events) when `token` is
+    /// cancelled.
+    pub fn set_cancel(&mut self, token: CancellationToken) {
+        self.cancel = Some(token);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
     fn deliver_one(&mut self, c: usize, slot: usize, ts: Timestamp, values: &[f64]) {
         let cache = &mut self.caches[c];
         let previous = cache.inputs()[slot].ring().last_timestamp();
@@ -382,37 +424,53 @@ pub fn replay_merged(
     replay_feeds(exec, &feeds)
 }
 
-/// Replays several feeds' columns merged by time; equal times go in feed order.
+/// Replays several feeds' columns merged by time. Rows of equal time are staged
+/// together (in feed order) and computed once, so no node computes on half of a
+/// timestamp's inputs.
 ///
 /// # Errors
-/// The first [`ReplayError`].
+/// The first [`ReplayError`]; [`ReplayError::Cancelled`] when the executor's cancel
+/// token fires.
 pub fn replay_feeds(
     exec: &mut Executor,
     streams: &[(Feed, &crate::batch::Columns)],
 ) -> Result<u64, ReplayError> {
+    const CANCEL_CHECK: u64 = 4096;
     let mut cursors = vec![0usize; streams.len()];
     let mut row = [0.0; MAX_FIELDS];
     let mut events = 0u64;
+    let mut next_check = CANCEL_CHECK;
     loop {
-        // Pick the stream whose next row is earliest; ties go to the first declared.
-        let mut best: Option<(usize, Timestamp)> = None;
-        for (k, (_, cols)) in streams.iter().enumerate() {
-            if let Some(&t) = cols.ts.get(cursors[k]) {
-                if best.is_none_or(|(_, bt)| t < bt) {
-                    best = Some((k, t));
-                }
+        // The earliest time among the feeds' next rows.
+        let next = streams
+            .iter()
+            .zip(&cursors)
+            .filter_map(|((_, cols), &i)| cols.ts.get(i).copied())
+            .min();
+        let Some(ts) = next else { break };
+
+        // Stage every feed's row at that time, then compute once.
+        for (k, (feed, cols)) in streams.iter().enumerate() {
+            let i = cursors[k];
+            if cols.ts.get(i) != Some(&ts) {
+                continue;
+            }
+            let width = cols.values.len();
+            for (f, column) in cols.values.iter().enumerate() {
+                row[f] = column[i];
+            }
+            exec.stage(*feed, ts, &row[..width]);
+            cursors[k] += 1;
+            events += 1;
+        }
+        exec.compute(ts)?;
+
+        if events >= next_check {
+            next_check = events + CANCEL_CHECK;
+            if exec.cancelled() {
+                return Err(ReplayError::Cancelled { events });
             }
         }
-        let Some((k, ts)) = best else { break };
-        let (node, cols) = streams[k];
-        let i = cursors[k];
-        let width = cols.values.len();
-        for (f, column) in cols.values.iter().enumerate() {
-            row[f] = column[i];
-        }
-        exec.push_to(node, ts, &row[..width])?;
-        cursors[k] += 1;
-        events += 1;
     }
     Ok(events)
 }

@@ -251,6 +251,17 @@ pub enum RunError {
     /// Replay stopped.
     #[error("replay: {0}")]
     Replay(#[from] ReplayError),
+    /// The report's directory does not exist.
+    #[error(
+        "cannot write report {path}: directory {dir} does not exist; create it or choose \
+         another --report-json path"
+    )]
+    ReportDir {
+        /// The report path.
+        path: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
     /// The report could not be written.
     #[error("cannot write report {path}: {source}")]
     Report {
@@ -559,6 +570,17 @@ impl Runner {
     pub async fn run(self) -> Result<Report, RunError> {
         let dag = self.dag()?;
 
+        // A report that cannot be written is found out now, not after the work.
+        if let Some(path) = &self.report_json {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                return Err(RunError::ReportDir {
+                    path: path.clone(),
+                    dir: dir.to_path_buf(),
+                });
+            }
+        }
+
         // Dryrun and live run registered; a backtest with a URL registers around the run.
         match (self.mode, self.gateway_url.clone()) {
             (Mode::Dryrun | Mode::Live, None) => Err(RunError::GatewayRequired { mode: self.mode }),
@@ -577,7 +599,8 @@ impl Runner {
             (_, url) => {
                 if let Some(url) = url {
                     tracing::warn!(
-                        gateway_url = %url, mode = %self.mode, "gateway.ignored_in_local_mode"
+                        gateway_url = %crate::secret::redact_dsn(&url), mode = %self.mode,
+                        "gateway.ignored_in_local_mode"
                     );
                 }
                 self.run_local(dag).await
@@ -599,7 +622,7 @@ impl Runner {
             .map(|t| t.resolve("--backfill-end"))
             .transpose()?;
         let end = explicit_end.unwrap_or_else(crate::time::now);
-        let warmup = warmup_events(&dag);
+        let warmup = warmup_spans(&dag);
 
         // Resolve a loader per stream, opening each distinct spec once.
         let loaders = self.open_sources(&dag).await?;
@@ -609,10 +632,8 @@ impl Runner {
         let mut plan = Vec::new();
         let mut jobs = Vec::new();
         for (spec, loader) in dag.streams().zip(&loaders) {
-            let events = warmup.get(&spec.id).copied().unwrap_or(spec.period as u64);
-            let start = explicit_start.unwrap_or_else(|| {
-                end.saturating_sub((events as i64).saturating_mul(spec.interval.secs_i64()))
-            });
+            let span = warmup.get(&spec.id).copied().unwrap_or(0);
+            let start = explicit_start.unwrap_or_else(|| end.saturating_sub(span));
             if start >= end {
                 return Err(RunError::EmptyRange {
                     start,
@@ -682,6 +703,7 @@ impl Runner {
 
         // Replay history through the DAG when every job completed.
         let mut exec = Executor::new(&dag, self.on_missing);
+        exec.set_cancel(self.cancel.clone());
         exec.track_reads(self.track_reads);
         if let Some((_, buffer, _)) = &recording {
             exec.set_output_sink(Box::new(buffer.clone()));
@@ -695,13 +717,18 @@ impl Runner {
             .all(|j| j.status == crate::JobStatus::Completed);
         let began = Instant::now();
         let mut events = 0;
+        let mut replay_error = None;
         if all_completed {
             let streams: Vec<(usize, &Columns)> =
                 stream_indices.iter().copied().zip(history.iter()).collect();
-            events = replay_merged(&mut exec, &streams)?;
+            match replay_merged(&mut exec, &streams) {
+                Ok(n) => events = n,
+                Err(e) => replay_error = Some(e),
+            }
         }
         let replay_s = began.elapsed().as_secs_f64();
-        if let (Some((recorder, buffer, spec)), true) = (&mut recording, all_completed) {
+        let replayed = all_completed && replay_error.is_none();
+        if let (Some((recorder, buffer, spec)), true) = (&mut recording, replayed) {
             record_outputs(recorder, buffer, spec).await?;
         }
         if self.track_reads {
@@ -731,13 +758,22 @@ impl Runner {
             strategy = %self.strategy_name, mode = %self.mode, events,
             backfill_s, replay_s, succeeded = report.succeeded(), "run.complete"
         );
+        for job in report.jobs.iter().filter(|j| j.note.is_some()) {
+            tracing::warn!(
+                node_id = %job.node_id, name = %job.name,
+                note = job.note.as_deref().unwrap_or(""), "backfill.note"
+            );
+        }
         if let Some(path) = &self.report_json {
             report.write_json(path).map_err(|source| RunError::Report {
                 path: path.clone(),
                 source,
             })?;
         }
-        Ok(report)
+        match replay_error {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 
     async fn open_sources(&self, dag: &Dag) -> Result<Vec<Arc<dyn CacheLoader>>, RunError> {
@@ -794,6 +830,16 @@ impl Runner {
                 }
             };
             loaders.push(loader);
+        }
+
+        // Each source must hold every field its stream reads.
+        for (stream, loader) in dag.streams().zip(&loaders) {
+            loader
+                .check_fields(&stream.fields)
+                .map_err(|source| RunError::OpenSource {
+                    spec: loader.describe(),
+                    source,
+                })?;
         }
         Ok(loaders)
     }
@@ -920,19 +966,23 @@ async fn record_outputs(
     Ok(())
 }
 
-/// Source events each stream must supply before every node downstream of it is ready.
-fn warmup_events(dag: &Dag) -> HashMap<crate::NodeId, u64> {
+/// Seconds of history each stream must supply before every node downstream of it is
+/// ready, counted in each node's own interval: a node of period `p` needs `p` distinct
+/// buckets of each input, which an input at interval `i` yields over `(p - 1) × i`
+/// seconds after its first output. One interval of the slowest node on the way is added
+/// for bucket alignment.
+pub(crate) fn warmup_spans(dag: &Dag) -> HashMap<crate::NodeId, i64> {
     let nodes = dag.nodes();
-    let mut first_out = vec![1u64; nodes.len()];
+    let mut ready = vec![0i64; nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
         if n.node_type != NodeType::StreamInput {
-            let need = n
+            let fill = |u: usize| (n.period as i64 - 1) * nodes[u].interval.secs_i64();
+            ready[i] = n
                 .input_indices
                 .iter()
-                .map(|&u| first_out[u])
+                .map(|&u| ready[u] + fill(u))
                 .max()
-                .unwrap_or(1);
-            first_out[i] = need + n.period as u64 - 1;
+                .unwrap_or(0);
         }
     }
     let mut out = HashMap::new();
@@ -940,16 +990,18 @@ fn warmup_events(dag: &Dag) -> HashMap<crate::NodeId, u64> {
         if stream.node_type != NodeType::StreamInput {
             continue;
         }
+        let own = stream.period as i64 * stream.interval.secs_i64();
         let mut reach = vec![false; nodes.len()];
         reach[s] = true;
-        let mut events = stream.period as u64;
+        let mut span = own;
         for (i, n) in nodes.iter().enumerate().skip(s + 1) {
             if n.input_indices.iter().any(|&u| reach[u]) {
                 reach[i] = true;
-                events = events.max(first_out[i]);
+                let slack = n.interval.secs_i64().max(stream.interval.secs_i64());
+                span = span.max(ready[i] + slack);
             }
         }
-        out.insert(stream.id.clone(), events);
+        out.insert(stream.id.clone(), span);
     }
     out
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arrow_array::{Array, RecordBatch};
 
 use super::{
-    build_report, export_cache_reads, open_once, warmup_events, PlanEntry, RunError, Runner,
+    build_report, export_cache_reads, open_once, warmup_spans, PlanEntry, RunError, Runner,
 };
 use crate::batch::Columns;
 use crate::cache::BulkRows;
@@ -188,12 +188,8 @@ async fn run_registered(
         .map(|t| t.resolve("--backfill-end"))
         .transpose()?;
     let end = explicit_end.unwrap_or_else(crate::time::now);
-    let warmup = warmup_events(dag);
-    let start_of = |spec: &NodeSpec, events: u64| {
-        explicit_start.unwrap_or_else(|| {
-            end.saturating_sub((events as i64).saturating_mul(spec.interval.secs_i64()))
-        })
-    };
+    let warmup = warmup_spans(dag);
+    let start_of = |span: i64| explicit_start.unwrap_or_else(|| end.saturating_sub(span));
     if let Some(start) = explicit_start.filter(|s| *s >= end) {
         return Err(RunError::EmptyRange {
             start,
@@ -214,13 +210,13 @@ async fn run_registered(
         match node.node_type {
             NodeType::StreamInput => {
                 let (spec, loader) = streams.next().expect("one loader per stream");
-                let events = warmup.get(&spec.id).copied().unwrap_or(spec.period as u64);
+                let span = warmup.get(&spec.id).copied().unwrap_or(0);
                 feeds.push(FeedPlan {
                     feed: live_feed(node),
                     target: Feed::Node(index),
                     stream: Some(index),
                     loader: loader.clone(),
-                    start: start_of(spec, events),
+                    start: start_of(span),
                 });
             }
             NodeType::Node => {
@@ -235,7 +231,7 @@ async fn run_registered(
                     target: Feed::Node(index),
                     stream: None,
                     loader,
-                    start: start_of(node, 2 * node.period as u64),
+                    start: start_of(2 * node.period as i64 * node.interval.secs_i64()),
                 });
                 external.insert(index, queue.clone());
             }
@@ -251,7 +247,7 @@ async fn run_registered(
                     continue;
                 }
                 let loader = open_queue_loader(&mut queue_loader, &store, node, &queues[0]).await?;
-                let start = start_of(node, 2 * node.period as u64);
+                let start = start_of(2 * node.period as i64 * node.interval.secs_i64());
                 let mut inputs = Vec::new();
                 for queue in queues {
                     let id = NodeId::from_hex(queue.as_str());
@@ -345,6 +341,7 @@ async fn run_registered(
 
     // Build the executor: external nodes, resolved tag queries, stream caches.
     let mut exec = Executor::new(dag, runner.on_missing);
+    exec.set_cancel(runner.cancel.clone());
     exec.track_reads(runner.track_reads);
     for &index in external.keys() {
         exec.set_external(index);
@@ -437,6 +434,8 @@ async fn run_registered(
                 more = source.next_batch(&mut batch) => more?,
             };
             batch.sort();
+            // Rows of one timestamp are staged together and computed once.
+            let mut staged: Option<Timestamp> = None;
             for (f, ts, values) in batch.iter() {
                 let plan = &feeds[f];
                 let bucket = plan.feed.interval.bucket(ts);
@@ -445,11 +444,18 @@ async fn run_registered(
                     continue;
                 }
                 last[f] = bucket;
+                if let Some(previous) = staged.filter(|p| *p != ts) {
+                    exec.compute(previous)?;
+                }
                 if let Some(index) = plan.stream {
                     exec.cache_mut(index).append(0, ts, values);
                 }
-                exec.push_to(plan.target, ts, values)?;
+                exec.stage(plan.target, ts, values);
+                staged = Some(ts);
                 live.live_events += 1;
+            }
+            if let Some(ts) = staged {
+                exec.compute(ts)?;
             }
             if let Some(recorder) = &mut recorder {
                 record_cycle(recorder, &buffer, &mut spare, store.as_ref()).await?;

@@ -436,3 +436,74 @@ async fn tracked_cache_reads_feed_the_cache_metrics() {
     assert!(text.contains(&reads), "missing {reads} in\n{text}");
     assert!(text.contains(&last), "missing {last} in\n{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_window_counts_downstream_intervals() {
+    // Regression: an hourly stream feeding a daily node used to get a window of hours.
+    struct Daily;
+    impl qmtl::Strategy for Daily {
+        fn setup(&self, dag: &mut qmtl::DagBuilder) -> Result<qmtl::NodeRef, qmtl::DagError> {
+            let bars = dag.stream_input(
+                qmtl::StreamInput::new("bars")
+                    .interval("1h")
+                    .period(1)
+                    .fields(["close"]),
+            )?;
+            let day = dag.node(
+                qmtl::Node::new("day")
+                    .input(&bars)
+                    .interval("1d")
+                    .fields(["close"])
+                    .compute("day@1", |v| {
+                        Some(qmtl::Row::one(v.input(0).latest()?.value(0)))
+                    }),
+            )?;
+            dag.node(
+                qmtl::Node::new("avg5d")
+                    .input(&day)
+                    .period(5)
+                    .fields(["avg"])
+                    .compute("avg@1", |v| {
+                        let c = v.input(0).field_at(0);
+                        Some(qmtl::Row::one(c.iter().sum::<f64>() / c.len() as f64))
+                    }),
+            )
+        }
+    }
+    let loader = Arc::new(TestLoader::new());
+    let renamed = Arc::new(Renamed(loader.clone()));
+    let end = 1_700_006_400; // a midnight
+    let report = Runner::backtest(Daily)
+        .backfill_loader(None, renamed)
+        .backfill_end(end)
+        .metrics(Arc::new(Metrics::new()))
+        .run()
+        .await
+        .unwrap();
+    let (start, _) = loader.ranges.lock().unwrap()[0];
+    assert!(end - start >= 5 * 86_400, "window of {}s", end - start);
+    assert!(report.node("avg5d").unwrap().ready, "{:?}", report.nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_end_on_bucket_boundaries_so_no_bucket_is_split() {
+    // Regression: an unaligned start split an hour between two chunks, and the earlier
+    // chunk's row then won over the later one's in the same bucket.
+    let loader = Arc::new(TestLoader::new());
+    let renamed = Arc::new(Renamed(loader.clone()));
+    Runner::backtest(MomentumStrategy::default())
+        .backfill_loader(None, renamed)
+        .backfill_start(1_700_000_000 + 1000)
+        .backfill_end(1_700_000_000 + 50 * 3600)
+        .backfill_config(fast_retries().chunk_buckets(7))
+        .metrics(Arc::new(Metrics::new()))
+        .run()
+        .await
+        .unwrap();
+    let ranges = loader.ranges.lock().unwrap().clone();
+    assert!(ranges.len() > 3, "{ranges:?}");
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "contiguous");
+        assert_eq!(pair[0].1 % 3600, 0, "aligned: {ranges:?}");
+    }
+}

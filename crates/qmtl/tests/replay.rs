@@ -98,8 +98,7 @@ fn fail_names_node_interval_and_both_timestamps() {
     }
 }
 
-#[test]
-fn streams_merge_by_time_and_ties_go_in_declaration_order() {
+fn pair_dag() -> Dag {
     let mut b = DagBuilder::new();
     let x = b
         .stream_input(StreamInput::new("x").interval(1).fields(["v"]))
@@ -107,7 +106,7 @@ fn streams_merge_by_time_and_ties_go_in_declaration_order() {
     let y = b
         .stream_input(StreamInput::new("y").interval(1).fields(["v"]))
         .unwrap();
-    let log = b
+    let pair = b
         .node(
             Node::new("pair")
                 .input(&x)
@@ -120,10 +119,27 @@ fn streams_merge_by_time_and_ties_go_in_declaration_order() {
                 }),
         )
         .unwrap();
-    let dag = b.finish(&log);
-    let mut exec = Executor::new(&dag, OnMissing::Continue);
+    b.finish(&pair)
+}
+
+type Rows = Vec<(i64, Vec<f64>)>;
+
+fn pairs(xs: Columns, ys: Columns) -> (Result<u64, ReplayError>, Rows) {
+    let mut exec = Executor::new(&pair_dag(), OnMissing::Continue);
     let out: Emitted = Arc::default();
     exec.set_output_sink(Box::new(Collect(out.clone())));
+    let result = replay_merged(&mut exec, &[(0, &xs), (1, &ys)]);
+    let rows = out
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, t, v)| (*t, v.clone()))
+        .collect();
+    (result, rows)
+}
+
+#[test]
+fn streams_merge_by_time() {
     let xs = Columns {
         ts: vec![1, 2],
         values: vec![vec![10.0, 20.0]],
@@ -132,15 +148,44 @@ fn streams_merge_by_time_and_ties_go_in_declaration_order() {
         ts: vec![2, 3],
         values: vec![vec![200.0, 300.0]],
     };
-    assert_eq!(replay_merged(&mut exec, &[(0, &xs), (1, &ys)]), Ok(4));
-    let rows: Vec<(i64, Vec<f64>)> = out
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, t, v)| (*t, v.clone()))
-        .collect();
-    // At t=2, x arrives first (declared first), so the first pair sees y still empty.
+    let (result, rows) = pairs(xs, ys);
+    assert_eq!(result, Ok(4));
     assert_eq!(rows, [(2, vec![20.0, 200.0]), (3, vec![20.0, 300.0])]);
+}
+
+#[test]
+fn rows_of_one_timestamp_are_computed_once_on_all_new_values() {
+    // Regression: a tie used to compute on x's new value with y's stale one, then again.
+    let xs = Columns {
+        ts: vec![1, 2],
+        values: vec![vec![10.0, 20.0]],
+    };
+    let ys = Columns {
+        ts: vec![1, 2],
+        values: vec![vec![100.0, 200.0]],
+    };
+    let (result, rows) = pairs(xs, ys);
+    assert_eq!(result, Ok(4));
+    assert_eq!(rows, [(1, vec![10.0, 100.0]), (2, vec![20.0, 200.0])]);
+}
+
+#[test]
+fn a_cancelled_replay_stops_early() {
+    let n = 100_000i64;
+    let xs = Columns {
+        ts: (0..n).collect(),
+        values: vec![vec![1.0; n as usize]],
+    };
+    let ys = Columns {
+        ts: vec![],
+        values: vec![vec![]],
+    };
+    let mut exec = Executor::new(&pair_dag(), OnMissing::Continue);
+    let token = tokio_util::sync::CancellationToken::new();
+    token.cancel();
+    exec.set_cancel(token);
+    let result = replay_merged(&mut exec, &[(0, &xs), (1, &ys)]);
+    assert!(matches!(result, Err(ReplayError::Cancelled { events }) if events < n as u64));
 }
 
 #[test]

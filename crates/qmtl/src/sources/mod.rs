@@ -104,10 +104,22 @@ pub enum SourceSpecError {
         example: &'static str,
     },
     /// `NAME=` with an empty name or spec.
-    #[error("backfill source '{input}' maps a stream but the name or the source is empty")]
+    #[error(
+        "a backfill source of the form NAME=SPEC has an empty {missing}; write e.g. \
+         bars=csv:data/eurusd_1h.csv"
+    )]
     BadMapping {
-        /// The text as given.
-        input: String,
+        /// Which part is empty: "stream name" or "source".
+        missing: &'static str,
+    },
+    /// Two specs for the same stream (or two without a stream name).
+    #[error(
+        "--backfill-source is given twice for {target}; give one source per stream \
+         (NAME=SPEC for a single stream)"
+    )]
+    Duplicate {
+        /// "every stream" or "stream 'NAME'".
+        target: String,
     },
 }
 
@@ -241,11 +253,22 @@ impl SourceMap {
                     let name = name.trim();
                     let spec_text = format!("{rest}{}", &arg[colon..]);
                     if name.is_empty() || spec_text.trim().is_empty() {
-                        return Err(SourceSpecError::BadMapping {
-                            input: arg.to_owned(),
-                        });
+                        let missing = if name.is_empty() {
+                            "stream name"
+                        } else {
+                            "source"
+                        };
+                        return Err(SourceSpecError::BadMapping { missing });
+                    }
+                    if map.by_stream.iter().any(|(n, _)| n == name) {
+                        let target = format!("stream '{name}'");
+                        return Err(SourceSpecError::Duplicate { target });
                     }
                     map.by_stream.push((name.to_owned(), spec_text.parse()?));
+                }
+                None if map.default.is_some() => {
+                    let target = "every stream".to_owned();
+                    return Err(SourceSpecError::Duplicate { target });
                 }
                 None => map.default = Some(arg.parse()?),
             }
@@ -356,8 +379,23 @@ mod tests {
             map.for_stream("eur"),
             Some(&SourceSpec::Csv("all.csv".into()))
         );
-        assert!(SourceMap::parse(&["=csv:x"]).is_err());
+        let secret = "=questdb:postgresql://u:s3cret@127.0.0.1:1/db";
+        let err = SourceMap::parse(&[secret]).unwrap_err().to_string();
+        assert!(
+            err.contains("empty stream name") && !err.contains("s3cret"),
+            "{err}"
+        );
         assert!(SourceMap::parse(&["a="]).is_err());
+        let twice = SourceMap::parse(&["csv:a.csv", "csv:b.csv"]).unwrap_err();
+        assert!(
+            twice.to_string().contains("twice for every stream"),
+            "{twice}"
+        );
+        let twice = SourceMap::parse(&["x=csv:a.csv", "x=csv:b.csv"]).unwrap_err();
+        assert!(
+            twice.to_string().contains("twice for stream 'x'"),
+            "{twice}"
+        );
         let spaced = SourceMap::parse(&["csv:odd=name.csv"]).unwrap();
         assert_eq!(spaced.default, Some(SourceSpec::Csv("odd=name.csv".into())));
     }
