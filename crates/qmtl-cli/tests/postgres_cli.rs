@@ -308,3 +308,52 @@ fn the_guide_metrics_are_served_for_the_stream_node_on_the_questdb_path() {
     }
     assert!(!body.contains(&server.password));
 }
+
+#[test]
+fn the_guide_metrics_are_scraped_while_the_backfill_is_running() {
+    // A million bars take long enough to load that a poll sees the job in flight.
+    let server = pg::server();
+    let nodes = qmtl(&["nodes", "momentum", "--json"]);
+    let nodes: Vec<Value> = serde_json::from_slice(&nodes.stdout).unwrap();
+    let id = nodes[0]["node_id"].as_str().unwrap().to_owned();
+    server.psql(
+        "CREATE TABLE big_bars (node_id TEXT, interval INT, ts BIGINT, open DOUBLE PRECISION, \
+         high DOUBLE PRECISION, low DOUBLE PRECISION, close DOUBLE PRECISION, \
+         volume DOUBLE PRECISION)",
+    );
+    server.psql(&format!(
+        "INSERT INTO big_bars SELECT '{id}', 3600, g::bigint * 3600, 1, 1, 1, 1 + g % 7, 1 \
+         FROM generate_series(1, 1000000) AS g"
+    ));
+
+    let port = pg::closed_port();
+    let source = format!("questdb:{}", server.dsn());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+        .args(["run", "momentum", "--backfill-source", &source])
+        .args(["--backfill-table", "big_bars", "--backfill-start", "0"])
+        .args(["--backfill-end", "3600000001", "--concurrency", "1"])
+        .args(["--metrics-port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut during = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        if let Some(text) = scrape(port).filter(|t| t.contains("backfill_jobs_in_progress 1")) {
+            during = Some(text);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let during = during.expect("a scrape saw the job in progress");
+    for want in [
+        format!("backfill_last_timestamp{{node_id=\"{id}\",interval=\"3600\"}}"),
+        format!("backfill_retry_total{{node_id=\"{id}\",interval=\"3600\"}} 0"),
+        format!("backfill_failure_total{{node_id=\"{id}\",interval=\"3600\"}} 0"),
+    ] {
+        assert!(during.contains(&want), "missing {want} in\n{during}");
+    }
+}

@@ -32,37 +32,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The most nodes one DAG may have.
 pub const MAX_NODES: usize = 50_000;
 
-/// How a strategy runs, as given in `run_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunType {
-    /// `"backtest"`.
-    Backtest,
-    /// `"dry-run"`.
-    DryRun,
-    /// `"live"`.
-    Live,
-}
-
-impl RunType {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunType::Backtest => "backtest",
-            RunType::DryRun => "dry-run",
-            RunType::Live => "live",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(text: &str) -> Option<RunType> {
-        match text {
-            "backtest" => Some(RunType::Backtest),
-            "dry-run" => Some(RunType::DryRun),
-            "live" => Some(RunType::Live),
-            _ => None,
-        }
-    }
-}
+pub use qmtl::gateway_client::RunType;
 
 /// A checked registration request.
 #[derive(Debug, Clone)]

@@ -55,6 +55,13 @@ impl RunType {
             RunType::Live => "live",
         }
     }
+
+    /// Parses a wire name.
+    pub fn parse(text: &str) -> Option<RunType> {
+        [RunType::Backtest, RunType::DryRun, RunType::Live]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
 }
 
 /// Where a node's rows come from when another strategy computes them.

@@ -611,17 +611,7 @@ impl Runner {
     /// Backfills, then replays all history locally.
     async fn run_local(self, dag: Dag) -> Result<Report, RunError> {
         // Check the range.
-        let explicit_start = self
-            .start
-            .as_ref()
-            .map(|t| t.resolve("--backfill-start"))
-            .transpose()?;
-        let explicit_end = self
-            .end
-            .as_ref()
-            .map(|t| t.resolve("--backfill-end"))
-            .transpose()?;
-        let end = explicit_end.unwrap_or_else(crate::time::now);
+        let (explicit_start, end) = self.resolve_range()?;
         let warmup = warmup_spans(&dag);
 
         // Resolve a loader per stream, opening each distinct spec once.
@@ -663,20 +653,7 @@ impl Runner {
         self.show_plan(&plan);
 
         // Serve metrics for the length of the run.
-        let metrics = self
-            .metrics
-            .clone()
-            .unwrap_or_else(|| metrics::global().clone());
-        let _server: Option<MetricsServer> = match self.metrics_port {
-            Some(port) => Some(
-                metrics::serve_metrics(
-                    metrics.clone(),
-                    std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                )
-                .await?,
-            ),
-            None => None,
-        };
+        let (metrics, _server) = self.serve_metrics().await?;
 
         // Backfill: merge each chunk into the stream's cache and keep it for replay.
         let began = Instant::now();
@@ -774,6 +751,30 @@ impl Runner {
             Some(e) => Err(e.into()),
             None => Ok(report),
         }
+    }
+
+    /// The explicit start, if any, and the end (now when not given).
+    fn resolve_range(&self) -> Result<(Option<Timestamp>, Timestamp), RunError> {
+        let resolve = |t: &Option<TimeArg>, flag| t.as_ref().map(|t| t.resolve(flag)).transpose();
+        let start = resolve(&self.start, "--backfill-start")?;
+        let end = resolve(&self.end, "--backfill-end")?.unwrap_or_else(crate::time::now);
+        Ok((start, end))
+    }
+
+    /// The metric set in use, and its server when a port was asked for.
+    async fn serve_metrics(&self) -> Result<(Arc<Metrics>, Option<MetricsServer>), RunError> {
+        let metrics = self
+            .metrics
+            .clone()
+            .unwrap_or_else(|| metrics::global().clone());
+        let server = match self.metrics_port {
+            Some(port) => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                Some(metrics::serve_metrics(metrics.clone(), addr).await?)
+            }
+            None => None,
+        };
+        Ok((metrics, server))
     }
 
     async fn open_sources(&self, dag: &Dag) -> Result<Vec<Arc<dyn CacheLoader>>, RunError> {

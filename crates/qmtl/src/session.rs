@@ -33,7 +33,6 @@ use crate::engine::{run_backfill, BackfillJob, ChunkSink, JobStatus, SinkError};
 use crate::gateway_client::{GatewayClient, QueueTarget, Registration, RunType};
 use crate::live::{JsonlSource, LiveBatch, LiveFeed, LiveSource, LiveSpec, TableFollower};
 use crate::loader::CacheLoader;
-use crate::metrics::{self, MetricsServer};
 use crate::node::{NodeId, NodeSpec, NodeType};
 use crate::recorder::{OutputBuffer, Recorded, Recorder};
 use crate::replay::{replay_feeds, Executor, Feed};
@@ -177,17 +176,7 @@ async fn run_registered(
     registration: &Registration,
 ) -> Result<Report, RunError> {
     // Resolve the range.
-    let explicit_start = runner
-        .start
-        .as_ref()
-        .map(|t| t.resolve("--backfill-start"))
-        .transpose()?;
-    let explicit_end = runner
-        .end
-        .as_ref()
-        .map(|t| t.resolve("--backfill-end"))
-        .transpose()?;
-    let end = explicit_end.unwrap_or_else(crate::time::now);
+    let (explicit_start, end) = runner.resolve_range()?;
     let warmup = warmup_spans(dag);
     let start_of = |span: i64| explicit_start.unwrap_or_else(|| end.saturating_sub(span));
     if let Some(start) = explicit_start.filter(|s| *s >= end) {
@@ -295,20 +284,7 @@ async fn run_registered(
     runner.show_plan(&plan);
 
     // Serve metrics for the length of the run.
-    let metrics = runner
-        .metrics
-        .clone()
-        .unwrap_or_else(|| metrics::global().clone());
-    let _server: Option<MetricsServer> = match runner.metrics_port {
-        Some(port) => Some(
-            metrics::serve_metrics(
-                metrics.clone(),
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let (metrics, _server) = runner.serve_metrics().await?;
 
     // Backfill every feed.
     let began = Instant::now();
