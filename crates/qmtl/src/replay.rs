@@ -436,8 +436,27 @@ pub fn replay_feeds(
     streams: &[(Feed, &crate::batch::Columns)],
 ) -> Result<u64, ReplayError> {
     const CANCEL_CHECK: u64 = 4096;
-    let mut cursors = vec![0usize; streams.len()];
     let mut row = [0.0; MAX_FIELDS];
+
+    // One feed: no merging, and each row is its own timestamp (rows are ascending).
+    if let [(feed, cols)] = streams {
+        let width = cols.values.len();
+        for (i, &ts) in cols.ts.iter().enumerate() {
+            for (f, column) in cols.values.iter().enumerate() {
+                row[f] = column[i];
+            }
+            exec.stage(*feed, ts, &row[..width]);
+            exec.compute(ts)?;
+            if (i as u64 + 1) % CANCEL_CHECK == 0 && exec.cancelled() {
+                return Err(ReplayError::Cancelled {
+                    events: i as u64 + 1,
+                });
+            }
+        }
+        return Ok(cols.ts.len() as u64);
+    }
+
+    let mut cursors = vec![0usize; streams.len()];
     let mut events = 0u64;
     let mut next_check = CANCEL_CHECK;
     loop {
