@@ -12,7 +12,8 @@ report="${REPORT_JSON:-report.json}"
 echo "==> building qmtl (release)"
 cargo build --release -q -p qmtl-cli
 
-cmd=(./target/release/qmtl run momentum --mode backtest
+bin="${CARGO_TARGET_DIR:-target}/release/qmtl"
+cmd=("$bin" run momentum --mode backtest
   --backfill-source csv:data/eurusd_1h.csv
   --backfill-start 1492592400 --backfill-end 1518019200
   --metrics-port "$port" --metrics-linger 3 --report-json "$report")

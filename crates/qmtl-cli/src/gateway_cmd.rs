@@ -4,8 +4,10 @@
 //! Defaults: listen on 127.0.0.1:8000 (loopback only), keep state in the SQLite file
 //! `qmtl-gateway.db` in the working directory, no token. The token may come from
 //! `--token` or, better (it stays out of the process list), from `QMTL_GATEWAY_TOKEN`.
-//! Neither the token nor a DSN password is ever printed or logged. A taken port or a bad
-//! store spec is a usage error (exit code 2); a store that cannot be reached exits 1.
+//! Neither the token nor a DSN password is ever printed or logged. A taken port, a bad
+//! store spec, an empty token (which would protect nothing, so it is refused rather than
+//! taken to mean "no token") and a PostgreSQL store that refuses the DSN's user or
+//! password are usage errors (exit code 2); a store that cannot be reached exits 1.
 
 use std::fmt;
 use std::io::Write as _;
@@ -49,6 +51,40 @@ impl fmt::Debug for GatewayArgs {
     }
 }
 
+/// Why the token given cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum TokenError {
+    /// Empty or only blanks: it would protect nothing.
+    #[error(
+        "the token given by {origin} is empty; an empty token would protect nothing, so \
+         give a non-empty token or leave {origin} unset to run without one"
+    )]
+    Empty {
+        /// `--token` or the environment variable.
+        origin: &'static str,
+    },
+    /// The environment variable holds bytes that are not Unicode.
+    #[error("{TOKEN_ENV} is not valid Unicode; set a text token")]
+    NotUnicode,
+}
+
+/// The token from `--token`, else from the environment (`env` is its lookup).
+fn token_from(
+    flag: Option<String>,
+    env: Result<String, std::env::VarError>,
+) -> Result<Option<Token>, TokenError> {
+    let (secret, origin) = match (flag, env) {
+        (Some(secret), _) => (secret, "--token"),
+        (None, Ok(secret)) => (secret, TOKEN_ENV),
+        (None, Err(std::env::VarError::NotPresent)) => return Ok(None),
+        (None, Err(std::env::VarError::NotUnicode(_))) => return Err(TokenError::NotUnicode),
+    };
+    if secret.trim().is_empty() {
+        return Err(TokenError::Empty { origin });
+    }
+    Ok(Token::new(&secret))
+}
+
 /// Runs the gateway until a signal; returns the exit code.
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     // Check the arguments.
@@ -59,8 +95,13 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let secret = args.token.or_else(|| std::env::var(TOKEN_ENV).ok());
-    let token = secret.as_deref().and_then(Token::new);
+    let token = match token_from(args.token, std::env::var(TOKEN_ENV)) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     if !args.listen.ip().is_loopback() && token.is_none() {
         tracing::warn!(addr = %args.listen, "gateway.listening_without_token");
     }

@@ -31,7 +31,7 @@ use qmtl::metrics::MetricsError;
 use qmtl::recorder::{RecordError, Recorder};
 use qmtl::sources::{SourceSpec, SourceSpecError, DEFAULT_TABLE};
 use qmtl::strategies::{StrategyEntry, StrategyRegistry, UnknownStrategy};
-use qmtl::{Dag, LoaderError, Mode, OnMissing, Report, RunError, Runner};
+use qmtl::{Dag, JobStatus, LoaderError, Mode, OnMissing, Report, RunError, Runner};
 use signals::CancelOnSignal;
 
 mod gateway_cmd;
@@ -284,8 +284,14 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 fn dispatch(command: Command, registry: &StrategyRegistry) -> anyhow::Result<ExitCode> {
     match command {
         Command::Strategies => {
+            let width = registry
+                .entries()
+                .iter()
+                .map(|e| e.name.len())
+                .max()
+                .unwrap_or(0);
             for e in registry.entries() {
-                println!("{:<12} {}", e.name, e.about);
+                println!("{:<width$}  {}", e.name, e.about);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -382,6 +388,7 @@ fn print_nodes(dag: &Dag, json: bool) -> anyhow::Result<()> {
                     "node_type": n.node_type,
                     "interval": n.interval.secs(),
                     "period": n.period,
+                    "fields": n.fields,
                 })
             })
             .collect();
@@ -487,7 +494,13 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
             () = stop.cancelled() => {}
         }
     }
-    if !report.succeeded() {
+    // A dryrun or live run ends by signal; stopping it during its backfill is no failure.
+    let stopped = signals.token().is_cancelled()
+        && matches!(mode, Mode::Dryrun | Mode::Live)
+        && report
+            .failed_jobs()
+            .all(|j| j.status == JobStatus::Cancelled);
+    if !report.succeeded() && !stopped {
         for job in report.failed_jobs() {
             eprintln!(
                 "backfill {:?}: node {} ({}) interval {} range [{}, {}): {}",

@@ -230,6 +230,39 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
             vec![
                 "run",
                 "momentum",
+                "--backfill-source",
+                &source,
+                "--backfill-start",
+                "-100",
+            ],
+            "--backfill-start -100 is before 1970",
+        ),
+        (
+            vec![
+                "run",
+                "momentum",
+                "--backfill-source",
+                &source,
+                "--report-json",
+                "/tmp",
+            ],
+            "--report-json /tmp is a directory",
+        ),
+        (
+            vec![
+                "run",
+                "momentum",
+                "--mode",
+                "dryrun",
+                "--gateway-url",
+                "http://u:pw9x@127.0.0.1:9",
+            ],
+            "holds a user or password",
+        ),
+        (
+            vec![
+                "run",
+                "momentum",
                 "--mode",
                 "live",
                 "--gateway-url",
@@ -271,6 +304,7 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
         assert!(all.contains(want), "{args:?}: {all} should contain {want}");
         assert!(!all.contains("panicked"), "{args:?}: {all}");
+        assert!(!all.contains("pw9x"), "{args:?}: {all}");
     }
 }
 

@@ -1,11 +1,12 @@
 //! `qmtl gateway` as a real process: it serves on a free port, registers the momentum
 //! DAG printed by `qmtl dag`, stops on SIGTERM with exit 0, keeps its strategies across
 //! a restart on the same SQLite file, and never prints its token or a DSN password. A
-//! taken port and a bad store spec are usage errors (exit 2).
+//! taken port, a bad store spec, an empty token and a PostgreSQL store refusing the
+//! password are usage errors (exit 2).
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -227,4 +228,87 @@ fn an_unreachable_postgres_store_fails_without_printing_the_password() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains(&format!("127.0.0.1:{port}/qmtl")), "{all}");
     assert!(!all.contains("pw-s3cret"), "{all}");
+}
+
+#[test]
+fn an_empty_token_is_a_usage_error_not_a_gateway_without_authentication() {
+    let cases: [(&[&str], Option<&str>, &str); 3] = [
+        (&["--token", ""], None, "--token"),
+        (&[], Some(""), "QMTL_GATEWAY_TOKEN"),
+        (&["--token", "  "], Some(TOKEN), "--token"),
+    ];
+    for (args, env, origin) in cases {
+        let mut cmd = qmtl();
+        cmd.args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "sqlite::memory:",
+        ])
+        .args(args)
+        .env_remove("QMTL_GATEWAY_TOKEN");
+        if let Some(value) = env {
+            cmd.env("QMTL_GATEWAY_TOKEN", value);
+        }
+        let out = cmd.output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {all}");
+        assert!(all.contains("token given by"), "{all}");
+        assert!(all.contains(origin) && all.contains("empty"), "{all}");
+        assert!(!all.contains("listening"), "{all}");
+    }
+}
+
+/// A listener of our own that answers every PostgreSQL startup message the way a server
+/// answers a wrong password: an ErrorResponse with SQLSTATE 28P01.
+fn refusing_postgres() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut len = [0u8; 4];
+            if conn.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            if conn.read_exact(&mut startup).is_err() {
+                continue;
+            }
+            let mut fields = Vec::new();
+            for (code, value) in [
+                (b'S', "FATAL"),
+                (b'V', "FATAL"),
+                (b'C', "28P01"),
+                (b'M', "password authentication failed for user \"qmtl\""),
+            ] {
+                fields.push(code);
+                fields.extend_from_slice(value.as_bytes());
+                fields.push(0);
+            }
+            fields.push(0);
+            let mut message = vec![b'E'];
+            message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+            message.extend_from_slice(&fields);
+            let _ = conn.write_all(&message);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_postgres_store_refusing_the_password_is_a_usage_error_naming_the_user() {
+    let port = refusing_postgres();
+    let spec = format!("postgres:postgresql://qmtl:pw-s3cret@127.0.0.1:{port}/qmtl");
+    let out = qmtl()
+        .args(["gateway", "--listen", "127.0.0.1:0", "--store", &spec])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("authentication failed for user qmtl"), "{all}");
+    assert!(all.contains(&format!("127.0.0.1:{port}/qmtl")), "{all}");
+    assert!(!all.contains("pw-s3cret"), "{all}");
+    assert!(!all.contains("db error"), "{all}");
 }

@@ -7,13 +7,15 @@
 //! - `GET /strategies/{id}/status`: 200 `{"status"}` (`active` or `ended`); 404.
 //! - `DELETE /strategies/{id}`: 200 `{"strategy_id","status":"ended"}`; 404.
 //! - `GET /queues/by_tag?tags=a,b&interval=60[&match=any|all]`: 200 `{"queues"}`; 422.
+//!   `tags` is one comma-separated list, blanks around each tag trimmed; that is why a
+//!   registered tag may not contain a comma or start or end with a blank.
 //! - `GET /status`: 200 health with the store's state; 503 when the store fails.
 //! - `GET /metrics`: 200 Prometheus text.
 //!
 //! Every error answer is JSON: `{"detail": message, "field": path}` (`field` only when
 //! one field is at fault). With a token configured, every route answers 401 without
-//! `Authorization: Bearer TOKEN`. Parsing and checking a DAG runs on the blocking pool,
-//! not on the async workers.
+//! `Authorization: Bearer TOKEN` (the scheme in any case). Parsing and checking a DAG
+//! runs on the blocking pool, not on the async workers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,9 +80,9 @@ fn problem(status: StatusCode, field: Option<String>, detail: impl Into<String>)
 fn store_failure(op: &'static str, error: &StoreError) -> Response {
     tracing::warn!(op, error = %error, "store.failed");
     let status = match error {
-        StoreError::PostgresConnect { .. } | StoreError::SqliteClosed { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        StoreError::PostgresConnect { .. }
+        | StoreError::PostgresAuth { .. }
+        | StoreError::SqliteClosed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     problem(status, None, format!("the gateway's store failed: {error}"))

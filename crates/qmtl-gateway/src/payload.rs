@@ -10,10 +10,21 @@
 //! Checks, in order: the body is UTF-8 JSON (nesting is bounded by `serde_json`'s
 //! recursion limit of 128, so deep nesting is an error, not a stack overflow); the
 //! fields have the right shapes; the DAG has between 1 and [`MAX_NODES`] nodes; every
-//! interval and period is positive (period at most [`qmtl::dag::MAX_PERIOD`]); node ids
-//! and names are unique; every input names a node of the DAG; the inputs form no cycle;
-//! every `node_id` equals the id its description gives ([`NodeJson::expected_id`]);
-//! the target, when present, names a node.
+//! interval and period is positive (period at most [`qmtl::dag::MAX_PERIOD`]); every tag
+//! can be named in a `/queues/by_tag` query (not empty, no comma, no blank at either
+//! end); node ids and names are unique; the inputs that name nodes of the DAG form no
+//! cycle; every `node_id` equals the id its description gives
+//! ([`NodeJson::expected_id`]), checked for each node whose inputs all name nodes of
+//! the DAG; every input names a node of the DAG; the target, when present, names a
+//! node. Ids are checked before inputs so that a forged id is blamed on the node that
+//! carries it, not on the nodes that read it by its true id.
+//!
+//! The DAG hash (what makes a second registration of the same DAG a conflict) covers
+//! only what the gateway understands of the DAG, in one canonical form: the known fields
+//! of each node (tags sorted and de-duplicated, the match mode of a tag query with its
+//! default filled in, no match mode on other nodes), nodes ordered by id, and the
+//! target. Unknown fields, key order, whitespace, node order and the encoding the DAG
+//! was sent in do not change it.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -25,11 +36,14 @@ use qmtl::NodeType;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The default largest accepted request body: 16 MiB, room for a 10,000-node DAG sent
-/// as base64 (about 8 MiB).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The default largest accepted request body: 32 MiB, room for a DAG of [`MAX_NODES`]
+/// nodes sent as base64 (a node takes about 420 bytes of JSON, so 50,000 short-named
+/// nodes are about 21 MB of JSON and 28 MB as base64).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-/// The most nodes one DAG may have.
+/// The most nodes one DAG may have. Under the default body limit
+/// ([`DEFAULT_MAX_BODY_BYTES`]) a DAG this large fits when its names and tags are short;
+/// a gateway that takes such DAGs with long names needs a larger limit.
 pub const MAX_NODES: usize = 50_000;
 
 pub use qmtl::gateway_client::RunType;
@@ -42,7 +56,8 @@ pub struct Registration {
     /// The DAG JSON text as received (decoded from base64 when it was sent so), stored
     /// verbatim.
     pub dag_text: String,
-    /// SHA-256 of the DAG's canonical JSON (keys sorted, no whitespace).
+    /// SHA-256 of the canonical JSON of the DAG's known content (see the module
+    /// documentation): the same DAG always has the same hash.
     pub dag_hash: String,
     /// The `meta` object, if any.
     pub meta: Option<serde_json::Map<String, Value>>,
@@ -163,6 +178,21 @@ pub enum PayloadError {
         /// `name` or `tags`.
         field: &'static str,
     },
+    /// A tag that a `/queues/by_tag` query could not name: empty, with a comma (the
+    /// query's separator) or with a blank at either end (the query trims them).
+    #[error(
+        "field dag_json.nodes[{index}].tags[{tag_index}] is '{tag}'; a tag must be \
+         non-empty, contain no comma and not start or end with a blank, so that \
+         /queues/by_tag?tags=... can name it"
+    )]
+    UnqueryableTag {
+        /// The node's position.
+        index: usize,
+        /// The tag's position.
+        tag_index: usize,
+        /// The tag sent.
+        tag: String,
+    },
     /// Two nodes with the same id.
     #[error("field dag_json.nodes[{index}].node_id {node_id} is used by an earlier node")]
     DuplicateId {
@@ -259,6 +289,9 @@ impl PayloadError {
             }
             PayloadError::DuplicateName { index, .. } => format!("dag_json.nodes[{index}].name"),
             PayloadError::Nul { index, field } => format!("dag_json.nodes[{index}].{field}"),
+            PayloadError::UnqueryableTag {
+                index, tag_index, ..
+            } => format!("dag_json.nodes[{index}].tags[{tag_index}]"),
             PayloadError::UnknownInput {
                 index, input_index, ..
             } => format!("dag_json.nodes[{index}].inputs[{input_index}]"),
@@ -322,7 +355,7 @@ pub fn parse_registration(body: &[u8]) -> Result<Registration, PayloadError> {
     let dag_value: Value =
         serde_json::from_str(&dag_text).map_err(|source| PayloadError::DagJson { source })?;
     let dag = check_dag(&dag_value)?;
-    let dag_hash = sha256_hex(canonical_json(&dag_value).as_bytes());
+    let dag_hash = dag_hash(&dag);
 
     Ok(Registration {
         dag,
@@ -418,6 +451,13 @@ pub fn check_dag(dag: &Value) -> Result<DagJson, PayloadError> {
                 field: "tags",
             });
         }
+        if let Some(tag_index) = n.tags.iter().position(|t| !is_queryable_tag(t)) {
+            return Err(PayloadError::UnqueryableTag {
+                index,
+                tag_index,
+                tag: n.tags[tag_index].clone(),
+            });
+        }
         if by_id.insert(n.node_id.as_str(), index).is_some() {
             return Err(PayloadError::DuplicateId {
                 index,
@@ -432,31 +472,40 @@ pub fn check_dag(dag: &Value) -> Result<DagJson, PayloadError> {
         }
     }
 
-    // Inputs, then cycles, then ids (a cycle can only be built with forged ids, so it
-    // is reported as a cycle rather than as the id mismatch it also is).
+    // Resolve the inputs that name nodes of the DAG; unknown ones are reported last.
     let mut inputs_of: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
-    for (index, n) in nodes.iter().enumerate() {
+    let mut unknown: Vec<Option<usize>> = Vec::with_capacity(nodes.len());
+    for n in &nodes {
         let mut inputs = Vec::with_capacity(n.inputs.len());
+        let mut first_unknown = None;
         for (input_index, input) in n.inputs.iter().enumerate() {
-            let Some(&at) = by_id.get(input.as_str()) else {
-                return Err(PayloadError::UnknownInput {
-                    index,
-                    name: n.name.clone(),
-                    input_index,
-                    input: input.clone(),
-                });
-            };
-            inputs.push(at);
+            match by_id.get(input.as_str()) {
+                Some(&at) => inputs.push(at),
+                None => {
+                    first_unknown.get_or_insert(input_index);
+                }
+            }
         }
         inputs_of.push(inputs);
+        unknown.push(first_unknown);
     }
+
+    // Cycles (one can only be built with forged ids, so it is reported as a cycle
+    // rather than as the id mismatch it also is).
     if let Some(index) = node_on_cycle(&inputs_of) {
         return Err(PayloadError::Cycle {
             index,
             name: nodes[index].name.clone(),
         });
     }
+
+    // Each node's own id, before the references to it: a node read by its true id
+    // under a forged one is blamed for the forgery, not its readers. A node with an
+    // unknown input is left to the next step, which names that input.
     for (index, n) in nodes.iter().enumerate() {
+        if unknown[index].is_some() {
+            continue;
+        }
         let expected = n
             .expected_id()
             .expect("interval and period were checked positive");
@@ -466,6 +515,18 @@ pub fn check_dag(dag: &Value) -> Result<DagJson, PayloadError> {
                 name: n.name.clone(),
                 given: n.node_id.clone(),
                 expected: expected.to_string(),
+            });
+        }
+    }
+
+    // Inputs that name no node of the DAG.
+    for (index, n) in nodes.iter().enumerate() {
+        if let Some(input_index) = unknown[index] {
+            return Err(PayloadError::UnknownInput {
+                index,
+                name: n.name.clone(),
+                input_index,
+                input: n.inputs[input_index].clone(),
             });
         }
     }
@@ -479,6 +540,40 @@ pub fn check_dag(dag: &Value) -> Result<DagJson, PayloadError> {
         target: target.unwrap_or_else(|| nodes[nodes.len() - 1].node_id.clone()),
         nodes,
     })
+}
+
+/// Whether `/queues/by_tag?tags=...` can name `tag`: the query splits on commas and
+/// trims blanks, so a tag with a comma, a blank at either end, or no text at all could
+/// be stored but never found.
+pub fn is_queryable_tag(tag: &str) -> bool {
+    !tag.is_empty() && !tag.contains(',') && tag.trim() == tag
+}
+
+/// SHA-256 of the canonical JSON of the DAG's known content, as described in the
+/// module documentation.
+pub fn dag_hash(dag: &DagJson) -> String {
+    let mut nodes: Vec<NodeJson> = dag
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut n = n.clone();
+            n.tags.sort();
+            n.tags.dedup();
+            n.match_mode = if is_tag_query(&n) {
+                Some(n.match_mode.unwrap_or_default())
+            } else {
+                None
+            };
+            n
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let canonical = DagJson {
+        nodes,
+        target: dag.target.clone(),
+    };
+    let value = serde_json::to_value(&canonical).expect("a DAG serializes");
+    sha256_hex(canonical_json(&value).as_bytes())
 }
 
 fn check_positive(index: usize, n: &NodeJson) -> Result<(), PayloadError> {

@@ -1,6 +1,7 @@
 //! The gateway over real sockets on 127.0.0.1: every answer of the API, queue maps for
 //! shared nodes and tag queries, ending strategies, durability across a restart with a
-//! SQLite file, verbatim storage of hostile names, and a 10,000-node DAG.
+//! SQLite file, verbatim storage of hostile names, a 10,000-node DAG, and a DAG of the
+//! most nodes allowed under the default body limit.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -755,5 +756,173 @@ async fn a_ten_thousand_node_dag_is_accepted() {
     // A second strategy with the same stream gets it from the big one.
     let (_, queue_map) = register(&gw, &strategy_over_bars("sma")).await;
     assert_eq!(queue_map.as_object().unwrap().len(), 1);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_field_or_a_reordering_does_not_dodge_the_duplicate_check() {
+    let gw = start(StoreSpec::SqliteMemory).await;
+    let dag = dag_value();
+    let (status, first) = post(&gw, &with_dag(dag.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let id = first["strategy_id"].as_str().unwrap();
+
+    // Each variant is the same DAG as far as the gateway understands it.
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut d = dag.clone();
+        f(&mut d);
+        with_dag(d)
+    };
+    let variants: Vec<(&str, Value)> = vec![
+        (
+            "unknown field in a node",
+            edit(&|d| d["nodes"][0]["extra"] = json!({})),
+        ),
+        (
+            "unknown field in the document",
+            edit(&|d| d["comment"] = json!("again")),
+        ),
+        (
+            "nodes in another order",
+            edit(&|d| d["nodes"].as_array_mut().unwrap().reverse()),
+        ),
+        (
+            "tags in another order",
+            edit(&|d| d["nodes"][0]["tags"] = json!(["ohlcv", "eurusd"])),
+        ),
+        (
+            "the default match mode spelled out on a plain node",
+            edit(&|d| d["nodes"][0]["match_mode"] = json!("any")),
+        ),
+    ];
+    for (what, body) in variants {
+        let (status, answer) = post(&gw, &body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{what}: {answer}");
+        assert_eq!(answer["strategy_id"], id, "{what}");
+    }
+
+    // A tag query's match mode is part of the DAG: absent is "any", "all" differs.
+    let tagq = serde_json::to_value(tag_query_strategy(&["ohlcv"], TagMatch::Any)).unwrap();
+    let (status, _) = post(&gw, &with_dag(tagq.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut absent = tagq.clone();
+    absent["nodes"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("match_mode");
+    assert_eq!(post(&gw, &with_dag(absent)).await.0, StatusCode::CONFLICT);
+    let mut all = tagq;
+    all["nodes"][0]["match_mode"] = json!("all");
+    assert_eq!(post(&gw, &with_dag(all)).await.0, StatusCode::ACCEPTED);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_node_id_is_blamed_on_its_node_not_on_the_node_that_reads_it() {
+    let gw = start(StoreSpec::SqliteMemory).await;
+    let mut dag = dag_value();
+    dag["nodes"][0]["node_id"] = json!("ab".repeat(32));
+    let (status, answer) = post(&gw, &with_dag(dag.clone())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "dag_json.nodes[0].node_id", "{answer}");
+
+    // The same with the reader listed first.
+    dag["nodes"].as_array_mut().unwrap().reverse();
+    let (status, answer) = post(&gw, &with_dag(dag)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "dag_json.nodes[1].node_id", "{answer}");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let config = GatewayConfig::new(StoreSpec::SqliteMemory).token(Token::new("s3cret-token"));
+    let gw = start_with(config).await;
+    let client = reqwest::Client::new();
+    for (header, want) in [
+        ("bearer s3cret-token", StatusCode::OK),
+        ("BEARER s3cret-token", StatusCode::OK),
+        ("Bearer s3cret-token", StatusCode::OK),
+        ("bearer wrong", StatusCode::UNAUTHORIZED),
+        ("bearers3cret-token", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = client
+            .get(url(&gw, "/status"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{header}");
+    }
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tag_that_by_tag_queries_cannot_name_is_refused() {
+    let gw = start(StoreSpec::SqliteMemory).await;
+    let dag = dag_value();
+    for (tags, field) in [
+        (json!(["a,b"]), "dag_json.nodes[0].tags[0]"),
+        (json!(["ok", "x,"]), "dag_json.nodes[0].tags[1]"),
+        (json!([" padded"]), "dag_json.nodes[0].tags[0]"),
+        (json!(["padded "]), "dag_json.nodes[0].tags[0]"),
+        (json!([""]), "dag_json.nodes[0].tags[0]"),
+    ] {
+        let mut d = dag.clone();
+        d["nodes"][0]["tags"] = tags.clone();
+        let (status, answer) = post(&gw, &with_dag(d)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{tags}: {answer}");
+        assert_eq!(answer["field"], field, "{tags}: {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains("comma"),
+            "{answer}"
+        );
+    }
+    let (_, health) = get(&gw, "/status").await;
+    assert_eq!(health["strategies_active"], 0, "{health}");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dag_json_that_decodes_to_bytes_that_are_not_utf8_is_blamed_on_dag_json() {
+    let gw = start(StoreSpec::SqliteMemory).await;
+    let bytes = base64::engine::general_purpose::STANDARD.encode([b'{', 0xff, 0xfe, b'}']);
+    let (status, answer) = post(&gw, &json!({ "dag_json": bytes, "run_type": "live" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "dag_json", "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("not UTF-8"),
+        "{answer}"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dag_of_the_most_nodes_allowed_fits_under_the_default_body_limit() {
+    let gw = start(StoreSpec::SqliteMemory).await;
+
+    // A stream and a chain of MAX_NODES - 1 nodes, sent as base64 (the larger form).
+    let mut b = DagBuilder::new();
+    let mut last = b
+        .stream_input(StreamInput::new("s").interval(60).fields(["x"]))
+        .unwrap();
+    for i in 1..qmtl_gateway::MAX_NODES {
+        last = b
+            .node(
+                Node::new(format!("n{i}"))
+                    .input(&last)
+                    .fields(["v"])
+                    .compute("step@1", |_| None),
+            )
+            .unwrap();
+    }
+    let dag = b.finish(&last).to_json();
+    assert_eq!(dag.nodes.len(), qmtl_gateway::MAX_NODES);
+    let body = payload(&dag, "backtest");
+    let size = body.to_string().len();
+    assert!(size < qmtl_gateway::DEFAULT_MAX_BODY_BYTES, "{size} bytes");
+
+    let (status, answer) = post(&gw, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     gw.stop().await.unwrap();
 }

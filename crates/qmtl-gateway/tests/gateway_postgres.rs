@@ -1,7 +1,8 @@
 //! The gateway with a PostgreSQL store, against a throwaway server (see
 //! `crates/qmtl/tests/support/pg.rs`): strategies and queue maps survive a restart, two
 //! gateways sharing one database see each other's strategies and conflicts, hostile
-//! names are stored verbatim, and the password shows in no answer.
+//! names are stored verbatim, the password shows in no answer, and a wrong password is a
+//! usage error naming the user.
 
 #[path = "../../qmtl/tests/support/pg.rs"]
 mod pg;
@@ -216,4 +217,33 @@ async fn a_ten_thousand_node_dag_is_accepted() {
     let (status, answer) = post(&gw, &dag).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_usage_error_naming_the_user_not_the_password() {
+    let server = pg::server();
+    let wrong = "wr0ng-pa55word";
+    let spec = StoreSpec::parse(&format!(
+        "postgres:postgresql://{}:{wrong}@127.0.0.1:{}/{}",
+        pg::USER,
+        server.port,
+        pg::DB
+    ))
+    .unwrap();
+    let config = GatewayConfig::new(spec).listen(([127, 0, 0, 1], 0).into());
+    let err = serve(config)
+        .await
+        .expect_err("a wrong password is refused");
+    let shown = err.to_string();
+    assert!(err.is_usage(), "{shown}");
+    assert!(
+        shown.contains(&format!("authentication failed for user {}", pg::USER)),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("127.0.0.1:{}", server.port)),
+        "{shown}"
+    );
+    assert!(!shown.contains(wrong), "{shown}");
+    assert!(!format!("{err:?}").contains(wrong));
 }

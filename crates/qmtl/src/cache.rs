@@ -576,6 +576,13 @@ impl NodeCache {
         !self.inputs.is_empty() && self.inputs.iter().all(|i| i.ring.is_full())
     }
 
+    /// Whether every input's newest bucket is the bucket of `ts` at that input's interval.
+    pub fn all_inputs_at(&self, ts: Timestamp) -> bool {
+        self.inputs
+            .iter()
+            .all(|i| i.ring.last == Some(i.ring.interval.bucket(ts)))
+    }
+
     /// Whether any input's latest append raised the gap flag.
     pub fn gap_flag(&self) -> bool {
         self.inputs.iter().any(|i| i.ring.gap)

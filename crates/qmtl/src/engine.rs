@@ -446,6 +446,16 @@ async fn run_job(
         .duration_seconds
         .get_or_create(&labels)
         .observe(began.elapsed().as_secs_f64());
+    if report.status == JobStatus::Completed && report.rows == 0 && report.note.is_none() {
+        report.note = Some(format!(
+            "no rows in [{}, {}) for this node at interval {} in {}; check the range, the \
+             node id and that ts is in epoch seconds",
+            job.start,
+            job.end,
+            job.interval.secs(),
+            job.loader.describe()
+        ));
+    }
     if report.status == JobStatus::Completed {
         tracing::info!(
             node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),

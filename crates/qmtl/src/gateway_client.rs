@@ -256,8 +256,10 @@ impl GatewayClient {
     /// [`GatewayError::BadUrl`] for a URL that is not `http://HOST[:PORT]`.
     pub fn new(url: &str) -> Result<GatewayClient, GatewayError> {
         let trimmed = url.trim().trim_end_matches('/').to_owned();
+        // Shown without user info, query or fragment, which may hold secrets.
+        let shown = crate::secret::redact_dsn(url.split(['?', '#']).next().unwrap_or(url));
         let bad = |reason| GatewayError::BadUrl {
-            url: url.to_owned(),
+            url: shown.clone(),
             reason,
         };
         if trimmed.starts_with("https://") {
@@ -272,6 +274,18 @@ impl GatewayClient {
         };
         if rest.is_empty() || rest.starts_with(':') {
             return Err(bad("it names no host, e.g. http://127.0.0.1:8000"));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(bad(
+                "it has a query or fragment; give only http://HOST:PORT[/PATH]",
+            ));
+        }
+        let authority = rest.split('/').next().unwrap_or(rest);
+        if authority.contains('@') {
+            return Err(bad(
+                "it holds a user or password; give the token with --gateway-token or \
+                 QMTL_GATEWAY_TOKEN instead",
+            ));
         }
         let timeout = Duration::from_secs(10);
         let http = reqwest::Client::builder()
@@ -508,6 +522,21 @@ impl GatewayClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_with_credentials_or_queries_are_refused_without_echoing_them() {
+        for url in [
+            "http://u:SeKrEt99@127.0.0.1:1",
+            "http://127.0.0.1:1/?token=SeKrEt99",
+        ] {
+            let Err(err) = GatewayClient::new(url) else {
+                panic!("accepted {url}")
+            };
+            let err = err.to_string();
+            assert!(!err.contains("SeKrEt99"), "{err}");
+            assert!(err.contains("127.0.0.1:1"), "{err}");
+        }
+    }
+
     use super::*;
 
     #[test]

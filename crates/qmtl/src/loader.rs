@@ -206,6 +206,20 @@ pub enum LoaderError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The server asks for a password and neither the DSN nor `PGPASSWORD` gives one.
+    #[error(
+        "the server at {addr} requires a password for user '{user}'; put it in the DSN \
+         (percent-encoded) or set PGPASSWORD"
+    )]
+    PasswordRequired {
+        /// `host:port`.
+        addr: String,
+        /// The user.
+        user: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The server refused the user's credentials.
     #[error(
         "authentication failed for user '{user}' at {addr}; check the user and password \
@@ -263,18 +277,43 @@ pub enum LoaderError {
         /// The table's columns, comma-separated.
         found: String,
     },
-    /// `ts` of a type that is not a time.
-    #[error(
-        "table {table}: column 'ts' has type {found}; expected BIGINT epoch seconds, \
-         TIMESTAMP or TIMESTAMPTZ{hint}"
-    )]
+    /// `ts` of a type that is not a time, or one the scheme cannot bind.
+    #[error("table {table}: column 'ts' has type {found}; {expected}{hint}")]
     TsType {
         /// The table.
         table: String,
         /// The SQL type found.
         found: String,
+        /// What the scheme reads, e.g. "the questdb: scheme reads BIGINT ...".
+        expected: &'static str,
         /// A suggestion, if one fits.
         hint: &'static str,
+    },
+    /// The stream's fields are not all numeric columns of the history table.
+    #[error("table {table} cannot feed fields {wanted}: {problems}")]
+    TableFields {
+        /// The table.
+        table: String,
+        /// The stream's fields, comma-separated.
+        wanted: String,
+        /// What is wrong, e.g. "missing volume (columns: ...); column open has type ...".
+        problems: String,
+    },
+    /// A fetch range that an `INTEGER` `ts` column cannot express.
+    #[error(
+        "table {table}: the range [{start}, {end}) ends after {limit} \
+         (2038-01-19 03:14:07 UTC), the last second an INTEGER ts column holds; end the \
+         backfill by then, or store ts as BIGINT"
+    )]
+    TsRange {
+        /// The table.
+        table: String,
+        /// The range's start, epoch seconds.
+        start: Timestamp,
+        /// The range's end (exclusive), epoch seconds.
+        end: Timestamp,
+        /// The largest `ts` the column holds.
+        limit: Timestamp,
     },
     /// Rows of the node with a null `ts`: the job fails rather than drop them.
     #[error(

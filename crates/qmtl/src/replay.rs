@@ -145,6 +145,7 @@ pub struct Executor {
     on_missing: OnMissing,
     track_reads: bool,
     external: Vec<bool>,
+    wait_all: Vec<bool>,
     sink: Option<Box<dyn OutputSink>>,
     cancel: Option<CancellationToken>,
 }
@@ -185,6 +186,7 @@ impl Executor {
             on_missing,
             track_reads: false,
             external: vec![false; count],
+            wait_all: vec![false; count],
             sink: None,
             cancel: None,
         }
@@ -211,6 +213,11 @@ impl Executor {
         self.external[index] = true;
         for consumers in &mut self.consumers {
             consumers.retain(|&(c, _)| c != index);
+        }
+        // Rows of another strategy arrive on their own schedule: a node reading one waits
+        // until every input holds the current bucket, so it computes once, on fresh values.
+        for &(c, _) in &self.consumers[index] {
+            self.wait_all[c] = true;
         }
     }
 
@@ -375,6 +382,9 @@ impl Executor {
             if !self.caches[n].ready() {
                 continue;
             }
+            if self.wait_all[n] && !self.caches[n].all_inputs_at(ts) {
+                continue;
+            }
             if gap.is_some() && self.on_missing == OnMissing::Skip {
                 self.stats[n].skipped += 1;
                 continue;
@@ -438,7 +448,7 @@ pub fn replay_feeds(
     const CANCEL_CHECK: u64 = 4096;
     let mut row = [0.0; MAX_FIELDS];
 
-    // One feed: no merging, and each row is its own timestamp (rows are ascending).
+    // One feed: no merging (rows are ascending).
     if let [(feed, cols)] = streams {
         let width = cols.values.len();
         for (i, &ts) in cols.ts.iter().enumerate() {
@@ -446,8 +456,11 @@ pub fn replay_feeds(
                 row[f] = column[i];
             }
             exec.stage(*feed, ts, &row[..width]);
-            exec.compute(ts)?;
-            if (i as u64 + 1) % CANCEL_CHECK == 0 && exec.cancelled() {
+            // Repeated rows of one time: the last one stands, computed once.
+            if cols.ts.get(i + 1) != Some(&ts) {
+                exec.compute(ts)?;
+            }
+            if (i as u64 + 1).is_multiple_of(CANCEL_CHECK) && exec.cancelled() {
                 return Err(ReplayError::Cancelled {
                     events: i as u64 + 1,
                 });
@@ -470,17 +483,16 @@ pub fn replay_feeds(
 
         // Stage every feed's row at that time, then compute once.
         for (k, (feed, cols)) in streams.iter().enumerate() {
-            let i = cursors[k];
-            if cols.ts.get(i) != Some(&ts) {
-                continue;
+            while cols.ts.get(cursors[k]) == Some(&ts) {
+                let i = cursors[k];
+                let width = cols.values.len();
+                for (f, column) in cols.values.iter().enumerate() {
+                    row[f] = column[i];
+                }
+                exec.stage(*feed, ts, &row[..width]);
+                cursors[k] += 1;
+                events += 1;
             }
-            let width = cols.values.len();
-            for (f, column) in cols.values.iter().enumerate() {
-                row[f] = column[i];
-            }
-            exec.stage(*feed, ts, &row[..width]);
-            cursors[k] += 1;
-            events += 1;
         }
         exec.compute(ts)?;
 

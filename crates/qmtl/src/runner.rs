@@ -262,6 +262,20 @@ pub enum RunError {
         /// Its missing directory.
         dir: PathBuf,
     },
+    /// The report path is a directory.
+    #[error("--report-json {path} is a directory; give a file path such as {path}/report.json")]
+    ReportIsDir {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A negative start or end.
+    #[error("{flag} {value} is before 1970; give epoch seconds or an ISO-8601 UTC time")]
+    NegativeTime {
+        /// Which flag.
+        flag: &'static str,
+        /// The value.
+        value: Timestamp,
+    },
     /// The report could not be written.
     #[error("cannot write report {path}: {source}")]
     Report {
@@ -579,6 +593,9 @@ impl Runner {
                     dir: dir.to_path_buf(),
                 });
             }
+            if path.is_dir() {
+                return Err(RunError::ReportIsDir { path: path.clone() });
+            }
         }
 
         // Dryrun and live run registered; a backtest with a URL registers around the run.
@@ -755,7 +772,13 @@ impl Runner {
 
     /// The explicit start, if any, and the end (now when not given).
     fn resolve_range(&self) -> Result<(Option<Timestamp>, Timestamp), RunError> {
-        let resolve = |t: &Option<TimeArg>, flag| t.as_ref().map(|t| t.resolve(flag)).transpose();
+        let resolve = |t: &Option<TimeArg>, flag| -> Result<Option<Timestamp>, RunError> {
+            let value = t.as_ref().map(|t| t.resolve(flag)).transpose()?;
+            match value {
+                Some(value) if value < 0 => Err(RunError::NegativeTime { flag, value }),
+                other => Ok(other),
+            }
+        };
         let start = resolve(&self.start, "--backfill-start")?;
         let end = resolve(&self.end, "--backfill-end")?.unwrap_or_else(crate::time::now);
         Ok((start, end))

@@ -68,7 +68,7 @@ fn hand_made_table(table: &str, ts_type: &str) {
     let file = server.dir.join(format!("{table}.csv"));
     let mut out = String::new();
     for (secs, stamp, values) in csv_rows() {
-        let ts = if ts_type == "BIGINT" {
+        let ts = if ts_type == "BIGINT" || ts_type == "INTEGER" {
             secs.to_string()
         } else {
             stamp
@@ -178,7 +178,227 @@ async fn a_timestamptz_table_needs_the_postgres_scheme() {
         .await
         .unwrap_err();
     assert!(matches!(err, LoaderError::TsType { .. }), "{err}");
-    assert!(err.to_string().contains("use postgres:"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("the questdb: scheme reads BIGINT or INTEGER epoch seconds or TIMESTAMP"),
+        "{text}"
+    );
+    assert!(text.contains("through the postgres: scheme"), "{text}");
+    assert!(!text.contains("or TIMESTAMPTZ"), "{text}");
+}
+
+#[tokio::test]
+async fn an_integer_ts_used_to_fail_every_fetch_and_now_backfills_like_the_csv() {
+    hand_made_table("hand_int", "INTEGER");
+    let dsn = pg::server().dsn();
+    let want = figures(&csv_report().await);
+    let got = db_report(&format!("questdb:{dsn}"), "hand_int").await;
+    assert_eq!(figures(&got), want);
+    let pg_path = db_report(&format!("postgres:{dsn}"), "hand_int").await;
+    assert_eq!(figures(&pg_path), want);
+
+    // A range an INTEGER ts cannot express is refused, naming the table and the fix.
+    let loader = QuestDBLoader::open(&source(Flavor::QuestDb, &dsn), &options("hand_int"))
+        .await
+        .unwrap();
+    let (id, interval) = bars();
+    let err = loader
+        .fetch(START, 3_000_000_000, &id, interval)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoaderError::TsRange { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("hand_int") && text.contains("BIGINT"),
+        "{text}"
+    );
+    assert!(err.is_input_error() && !err.is_retryable(), "{text}");
+    let last = loader
+        .fetch(START, i64::from(i32::MAX), &id, interval)
+        .await
+        .unwrap();
+    assert_eq!(last.num_rows(), 5000);
+}
+
+#[tokio::test]
+async fn a_smallint_ts_is_refused_at_open() {
+    let server = pg::server();
+    server.psql("CREATE TABLE small_ts (node_id TEXT, interval INT, ts SMALLINT, close FLOAT8)");
+    for flavor in [Flavor::QuestDb, Flavor::Postgres] {
+        let err = QuestDBLoader::open(&source(flavor, &server.dsn()), &options("small_ts"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoaderError::TsType { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("has type INT2") && text.contains("BIGINT"),
+            "{text}"
+        );
+        assert!(err.is_input_error(), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn numeric_and_text_fields_used_to_fail_late_and_are_now_refused_up_front() {
+    let server = pg::server();
+    server.psql(
+        "CREATE TABLE wrong_types (node_id TEXT, interval INT, ts BIGINT, open NUMERIC, \
+         high TEXT, low FLOAT8, close FLOAT8)",
+    );
+    let (_, want_fields) = {
+        let dag = Dag::build(&MomentumStrategy::default()).unwrap();
+        let bars = dag.streams().find(|s| s.name == "bars").unwrap();
+        (bars.id.clone(), bars.fields.clone())
+    };
+    let quest = source(Flavor::QuestDb, &server.dsn());
+    let loader = QuestDBLoader::open(&quest, &options("wrong_types"))
+        .await
+        .unwrap();
+    let err = loader.check_fields(&want_fields).unwrap_err();
+    assert!(matches!(err, LoaderError::TableFields { .. }), "{err}");
+    assert!(err.is_input_error() && !err.is_retryable());
+    let text = err.to_string();
+    for want in [
+        "table wrong_types cannot feed fields",
+        "missing volume (columns: node_id, interval, ts, open, high, low, close)",
+        "column open has type NUMERIC; use DOUBLE PRECISION, REAL, BIGINT or INTEGER, or \
+         read the table through the postgres: scheme",
+        "column high has type TEXT; use DOUBLE PRECISION, REAL, BIGINT or INTEGER",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let fine = ["close".to_owned(), "LOW".to_owned()];
+    assert!(loader.check_fields(&fine).is_ok());
+
+    // Through the runner it is a usage error (exit 2) before any fetch.
+    let run = Runner::backtest(MomentumStrategy::default())
+        .backfill_source(format!("questdb:{}", server.dsn()))
+        .backfill_table("wrong_types")
+        .backfill_start(START)
+        .backfill_end(END)
+        .run()
+        .await
+        .unwrap_err();
+    assert!(run.is_usage(), "{run}");
+    assert!(
+        run.to_string().contains("column open has type NUMERIC"),
+        "{run}"
+    );
+    assert!(!run.to_string().contains(&server.password), "{run}");
+
+    // The postgres: scheme reads NUMERIC, cast to DOUBLE PRECISION.
+    let pg_loader = QuestDBLoader::open(
+        &source(Flavor::Postgres, &server.dsn()),
+        &options("wrong_types"),
+    )
+    .await
+    .unwrap();
+    let err = pg_loader
+        .check_fields(&want_fields)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("column open"), "{err}");
+    assert!(!err.contains("postgres: scheme"), "{err}");
+}
+
+#[tokio::test]
+async fn a_numeric_payload_backfills_like_the_csv_through_the_postgres_scheme() {
+    hand_made_table("hand_numeric", "BIGINT");
+    let server = pg::server();
+    server.psql("ALTER TABLE hand_numeric ALTER COLUMN open TYPE NUMERIC");
+    let want = figures(&csv_report().await);
+    let got = db_report(&format!("postgres:{}", server.dsn()), "hand_numeric").await;
+    assert_eq!(figures(&got), want);
+    let loader = QuestDBLoader::open(
+        &source(Flavor::Postgres, &server.dsn()),
+        &options("hand_numeric"),
+    )
+    .await
+    .unwrap();
+    let (id, interval) = bars();
+    let batch = loader.fetch(START, END, &id, interval).await.unwrap();
+    let open = batch.column_by_name("open").unwrap();
+    let first: f64 = server
+        .psql(&format!(
+            "SELECT open::float8 FROM hand_numeric WHERE ts = {START}"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(open.as_primitive::<Float64Type>().value(0), first);
+}
+
+#[tokio::test]
+async fn an_unencoded_password_in_the_dsn_gets_a_hint_and_a_usage_error() {
+    let server = pg::server();
+    let dsn = format!(
+        "questdb:postgresql://qa1:Sec@r:t/p%w#q?z@127.0.0.1:{}/qmtl",
+        server.port
+    );
+    let run = Runner::backtest(MomentumStrategy::default())
+        .backfill_source(dsn)
+        .backfill_start(START)
+        .backfill_end(END)
+        .run()
+        .await
+        .unwrap_err();
+    let text = run.to_string();
+    assert!(run.is_usage(), "{text}");
+    assert!(
+        text.contains("percent-encode") && text.contains("@ as %40"),
+        "{text}"
+    );
+    assert!(!text.contains("Sec") && !text.contains("p%w"), "{text}");
+}
+
+/// The only test that touches `PGPASSWORD`: the environment is shared by the tests of
+/// this binary, and every other test gives its password in the DSN.
+#[tokio::test]
+async fn pgpassword_supplies_the_password_and_its_absence_is_a_usage_error() {
+    let server = pg::server();
+    let dsn = format!(
+        "postgresql://{}@127.0.0.1:{}/{}",
+        pg::USER,
+        server.port,
+        pg::DB
+    );
+    hand_made_table("pgpassword", "BIGINT");
+
+    // Neither the DSN nor PGPASSWORD: a usage error that says where to put it.
+    std::env::remove_var("PGPASSWORD");
+    let err = QuestDBLoader::open(&source(Flavor::QuestDb, &dsn), &options("pgpassword"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoaderError::PasswordRequired { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("requires a password for user 'qmtl'") && text.contains("PGPASSWORD"),
+        "{text}"
+    );
+    assert!(err.is_input_error() && !err.is_retryable(), "{text}");
+    let run = Runner::backtest(MomentumStrategy::default())
+        .backfill_source(format!("questdb:{dsn}"))
+        .backfill_table("pgpassword")
+        .backfill_start(START)
+        .backfill_end(END)
+        .run()
+        .await
+        .unwrap_err();
+    assert!(run.is_usage(), "{run}");
+
+    // PGPASSWORD alone: the backfill runs.
+    std::env::set_var("PGPASSWORD", &server.password);
+    let parsed = source(Flavor::QuestDb, &dsn);
+    std::env::remove_var("PGPASSWORD");
+    let loader = QuestDBLoader::open(&parsed, &options("pgpassword"))
+        .await
+        .unwrap();
+    assert!(!loader.describe().contains(&server.password));
+    let (id, interval) = bars();
+    let batch = loader.fetch(START, END, &id, interval).await.unwrap();
+    assert_eq!(batch.num_rows(), 5000);
 }
 
 #[tokio::test]

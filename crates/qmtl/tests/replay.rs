@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use qmtl::batch::Columns;
 use qmtl::node::NodeSpec;
-use qmtl::replay::{replay_merged, Executor, OutputSink, ReplayError};
+use qmtl::replay::{replay_merged, Executor, Feed, OutputSink, ReplayError};
 use qmtl::{Dag, DagBuilder, Node, OnMissing, Row, StreamInput, Timestamp};
 
 const H: i64 = 3600;
@@ -212,5 +212,96 @@ fn a_row_of_the_wrong_width_is_an_error_naming_the_node() {
             got: 1,
             want: 2
         }
+    );
+}
+
+#[test]
+fn repeated_rows_of_one_time_compute_once_with_the_last_row() {
+    let mut b = DagBuilder::new();
+    let a = b
+        .stream_input(StreamInput::new("a").interval(1).fields(["v"]))
+        .unwrap();
+    let out = b
+        .node(
+            Node::new("out")
+                .input(&a)
+                .fields(["v"])
+                .compute("id@1", |v| Some(Row::one(v.input(0).latest()?.value(0)))),
+        )
+        .unwrap();
+    let dag = b.finish(&out);
+    let mut exec = Executor::new(&dag, OnMissing::Continue);
+    let emitted: Emitted = Arc::default();
+    exec.set_output_sink(Box::new(Collect(emitted.clone())));
+    let cols = Columns {
+        ts: vec![1, 2, 2, 3],
+        values: vec![vec![1.0, 2.0, 20.0, 3.0]],
+    };
+    assert_eq!(replay_merged(&mut exec, &[(0, &cols)]), Ok(4));
+    let rows: Vec<(i64, Vec<f64>)> = emitted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, t, v)| (*t, v.clone()))
+        .collect();
+    assert_eq!(rows, [(1, vec![1.0]), (2, vec![20.0]), (3, vec![3.0])]);
+}
+
+#[test]
+fn a_node_reading_another_strategys_output_waits_for_it_and_computes_once() {
+    // Regression: the signal computed on the local input's new value with the shared
+    // node's stale one, then again when the shared node's row arrived.
+    let mut b = DagBuilder::new();
+    let a = b
+        .stream_input(StreamInput::new("a").interval(1).fields(["v"]))
+        .unwrap();
+    let copy = |name: &str, input: &qmtl::NodeRef| {
+        Node::new(name)
+            .input(input)
+            .fields(["v"])
+            .compute(format!("{name}@1"), |v| {
+                Some(Row::one(v.input(0).latest()?.value(0)))
+            })
+    };
+    let shared = b.node(copy("shared", &a)).unwrap();
+    let local = b.node(copy("local", &a)).unwrap();
+    let sig = b
+        .node(
+            Node::new("sig")
+                .input(&shared)
+                .input(&local)
+                .fields(["s", "l"])
+                .compute("sig@1", |v| {
+                    let s = v.input(0).latest()?.value(0);
+                    let l = v.input(1).latest()?.value(0);
+                    Some(Row::new(&[s, l]))
+                }),
+        )
+        .unwrap();
+    let dag = b.finish(&sig);
+    let mut exec = Executor::new(&dag, OnMissing::Continue);
+    exec.set_external(shared.index());
+    let emitted: Emitted = Arc::default();
+    exec.set_output_sink(Box::new(Collect(emitted.clone())));
+    for t in 1..=3 {
+        // The local input arrives first; the other strategy's row comes later.
+        exec.push_to(Feed::Node(a.index()), t, &[t as f64]).unwrap();
+        exec.push_to(Feed::Node(shared.index()), t, &[10.0 * t as f64])
+            .unwrap();
+    }
+    let sigs: Vec<(i64, Vec<f64>)> = emitted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _, _)| n == "sig")
+        .map(|(_, t, v)| (*t, v.clone()))
+        .collect();
+    assert_eq!(
+        sigs,
+        [
+            (1, vec![10.0, 1.0]),
+            (2, vec![20.0, 2.0]),
+            (3, vec![30.0, 3.0])
+        ]
     );
 }

@@ -153,14 +153,33 @@ pub enum StoreError {
         /// The operation.
         op: &'static str,
     },
-    /// No PostgreSQL connection could be had.
-    #[error("cannot connect to the PostgreSQL store at {target}: {source}")]
+    /// No PostgreSQL connection could be had (the server is unreachable, refused us for
+    /// a reason other than authentication, or the pool timed out).
+    #[error(
+        "cannot connect to the PostgreSQL store at {target}: {}",
+        postgres::describe_pool_error(.source)
+    )]
     PostgresConnect {
         /// host:port/dbname, without credentials.
         target: String,
         /// The cause.
         #[source]
         source: deadpool_postgres::PoolError,
+    },
+    /// The PostgreSQL server refused the DSN's user name or password (SQLSTATE class
+    /// 28, invalid authorization).
+    #[error(
+        "authentication failed for user {user} at the PostgreSQL store {target}; check \
+         the user name and password in the DSN"
+    )]
+    PostgresAuth {
+        /// host:port/dbname, without credentials.
+        target: String,
+        /// The user name the DSN gives.
+        user: String,
+        /// The server's answer (never holds the password).
+        #[source]
+        source: tokio_postgres::Error,
     },
     /// A PostgreSQL statement failed.
     #[error("PostgreSQL store: {op} failed: {source}")]
@@ -218,9 +237,15 @@ impl StoreError {
         }
     }
 
-    /// Whether the error is in the user's configuration (a bad spec or DSN).
+    /// Whether the error is in the user's configuration (a bad spec or DSN, a wrong
+    /// user name or password).
     pub fn is_usage(&self) -> bool {
-        matches!(self, StoreError::BadSpec { .. } | StoreError::BadDsn { .. })
+        matches!(
+            self,
+            StoreError::BadSpec { .. }
+                | StoreError::BadDsn { .. }
+                | StoreError::PostgresAuth { .. }
+        )
     }
 }
 

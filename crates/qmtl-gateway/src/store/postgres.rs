@@ -7,10 +7,14 @@
 //! registering the same DAG at once are kept apart by the unique index on active DAG
 //! hashes: the loser's insert fails and is reported as a duplicate. Connections do not
 //! use TLS in this version.
+//!
+//! A server that refuses the DSN's user or password (SQLSTATE class 28) is reported as
+//! [`StoreError::PostgresAuth`] naming the user, a usage error; any other failure to get
+//! a connection is [`StoreError::PostgresConnect`] naming host, port and database.
 
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use qmtl::TagMatch;
 use serde_json::{Map, Value};
 use tokio_postgres::error::SqlState;
@@ -81,6 +85,7 @@ WHERE n.interval_s = $1 AND n.node_type <> 'TagQueryNode' AND n.strategy_id <> $
 pub struct PgStore {
     pool: Pool,
     target: String,
+    user: String,
 }
 
 impl PgStore {
@@ -100,6 +105,10 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(10));
         }
         let target = describe(&config);
+        let user = config
+            .get_user()
+            .unwrap_or("(none given: the operating-system user)")
+            .to_owned();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -114,7 +123,7 @@ impl PgStore {
                 target: target.clone(),
                 source,
             })?;
-        let store = PgStore { pool, target };
+        let store = PgStore { pool, target, user };
 
         // Create the tables, one gateway at a time.
         let mut client = store.client().await?;
@@ -130,13 +139,17 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|source| StoreError::PostgresConnect {
+        self.pool.get().await.map_err(|source| match source {
+            PoolError::Backend(e) if is_auth_failure(&e) => StoreError::PostgresAuth {
+                target: self.target.clone(),
+                user: self.user.clone(),
+                source: e,
+            },
+            source => StoreError::PostgresConnect {
                 target: self.target.clone(),
                 source,
-            })
+            },
+        })
     }
 
     pub(super) async fn register(
@@ -244,6 +257,26 @@ impl PgStore {
 
 fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { op, source }
+}
+
+/// Whether the server refused the user name or password: SQLSTATE class 28.
+fn is_auth_failure(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|c| c.code().starts_with("28"))
+}
+
+/// The cause of a failed connection, for messages: the server's own message when it
+/// answered (`tokio_postgres` shows only "db error"), else the error and its cause.
+pub(super) fn describe_pool_error(error: &PoolError) -> String {
+    let PoolError::Backend(e) = error else {
+        return error.to_string();
+    };
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// `host:port/dbname` of the first host, for messages (no user, no password).

@@ -139,7 +139,7 @@ impl std::str::FromStr for SourceSpec {
                 String::new()
             };
             return Err(SourceSpecError::NoScheme {
-                input: text.to_owned(),
+                input: crate::secret::redact_dsn(text),
                 known,
                 hint,
             });
@@ -183,7 +183,10 @@ impl fmt::Display for SourceSpec {
     /// The spec as it may be shown to people (never with a password).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceSpec::Csv(p) => write!(f, "csv:{}", p.display()),
+            SourceSpec::Csv(p) => {
+                let shown = crate::secret::redact_dsn(&p.display().to_string());
+                write!(f, "csv:{shown}")
+            }
             SourceSpec::Postgres(source) => write!(f, "{source}"),
         }
     }
@@ -366,6 +369,15 @@ mod tests {
             map.for_stream("bars"),
             Some(SourceSpec::Postgres(_))
         ));
+    }
+
+    #[test]
+    fn specs_never_show_a_password() {
+        let kv = "host=127.0.0.1 port=5 user=u password=Zq9xK7mW dbname=q";
+        let err = SourceMap::parse(&[kv]).unwrap_err().to_string();
+        assert!(!err.contains("Zq9xK7mW"), "{err}");
+        let csv: SourceSpec = "csv:postgresql://u:SeKrEt99@h/db".parse().unwrap();
+        assert!(!csv.to_string().contains("SeKrEt99"), "{csv}");
     }
 
     #[test]

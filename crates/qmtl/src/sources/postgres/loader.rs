@@ -10,7 +10,16 @@
 //! through the extended query protocol with binary results, and decodes the streamed rows
 //! straight into Arrow builders: an `Int64` `ts` column in epoch seconds and one
 //! `Float64` column per numeric payload column (a SQL `NULL` becomes an Arrow null).
-//! Text and other non-numeric columns are not read.
+//! Text and other non-numeric columns are not read (a `NUMERIC` column is read through
+//! the `postgres:` flavor only, selected as `"col"::float8`; see [`super::table`]).
+//!
+//! Before any fetch the runner asks [`CacheLoader::check_fields`] whether the table
+//! holds every field of the stream as a column the loader reads; a missing field or a
+//! column of another type is reported then, naming the table and the fix, rather than as
+//! a missing field of the first batch.
+//!
+//! An `INTEGER` `ts` is bound as `INTEGER`; a fetch whose range ends after
+//! 2038-01-19 03:14:07 UTC, the last second it holds, fails with [`LoaderError::TsRange`].
 //!
 //! Rows with a null `ts` cannot be placed in time. They are never selected by the range,
 //! so before the first fetch for a (node, interval) the loader counts them; if there are
@@ -31,7 +40,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::table::{
-    int_param, query_error, quote, read_layout, ts_param, Layout, NumKind, Param, TableName,
+    int_param, query_error, quote, read_layout, ts_bounds, Layout, NumKind, Param, TableName,
     TsKind, DEFAULT_TABLE,
 };
 use super::{Flavor, PgSource};
@@ -115,8 +124,9 @@ impl QuestDBLoader {
     ///
     /// # Errors
     /// [`LoaderError::BadIdentifier`] for a bad table name, [`LoaderError::Unreachable`],
-    /// [`LoaderError::AuthFailed`], [`LoaderError::TableMissing`],
-    /// [`LoaderError::MissingColumn`] or [`LoaderError::TsType`].
+    /// [`LoaderError::AuthFailed`], [`LoaderError::PasswordRequired`],
+    /// [`LoaderError::TableMissing`], [`LoaderError::MissingColumn`] or
+    /// [`LoaderError::TsType`].
     pub async fn open(
         source: &PgSource,
         options: &LoaderOptions,
@@ -130,7 +140,7 @@ impl QuestDBLoader {
 
         // Prepare the statements' text once.
         let mut columns = vec![quote(&layout.ts_name)];
-        columns.extend(layout.payload.iter().map(|(name, _)| quote(name)));
+        columns.extend(layout.payload.iter().map(|(name, kind)| kind.select(name)));
         let keys = format!(
             "{} = $1 AND {} = $2",
             quote(&layout.node_id),
@@ -240,10 +250,14 @@ impl CacheLoader for QuestDBLoader {
         };
         self.check_null_ts(&client, node_id, interval, &interval_param)
             .await?;
-        let (start_param, end_param) = (
-            ts_param(self.layout.ts, start),
-            ts_param(self.layout.ts, end),
-        );
+        let Some([start_param, end_param]) = ts_bounds(self.layout.ts, start, end) else {
+            return Err(LoaderError::TsRange {
+                table: self.table.to_string(),
+                start,
+                end,
+                limit: i32::MAX.into(),
+            });
+        };
         let params: [&(dyn ToSql + Sync); 4] = [
             &node_id.as_str(),
             interval_param.as_ref(),
@@ -267,6 +281,17 @@ impl CacheLoader for QuestDBLoader {
 
     fn describe(&self) -> String {
         format!("{} table {}", self.source, self.table)
+    }
+
+    fn check_fields(&self, fields: &[String]) -> Result<(), LoaderError> {
+        match self.layout.field_problems(fields, self.source.flavor()) {
+            None => Ok(()),
+            Some(problems) => Err(LoaderError::TableFields {
+                table: self.table.to_string(),
+                wanted: fields.join(", "),
+                problems,
+            }),
+        }
     }
 }
 
@@ -324,6 +349,10 @@ impl<'a> Decoder<'a> {
         };
         let ts = match self.layout.ts {
             TsKind::Seconds => row.try_get::<_, Option<i64>>(0).map_err(field)?,
+            TsKind::Seconds32 => row
+                .try_get::<_, Option<i32>>(0)
+                .map_err(field)?
+                .map(i64::from),
             TsKind::Timestamp => row
                 .try_get::<_, Option<NaiveDateTime>>(0)
                 .map_err(field)?
@@ -352,7 +381,7 @@ impl<'a> Decoder<'a> {
         {
             let column = i + 1;
             let value = match kind {
-                NumKind::F8 => row.try_get::<_, Option<f64>>(column),
+                NumKind::F8 | NumKind::Numeric => row.try_get::<_, Option<f64>>(column),
                 NumKind::F4 => row
                     .try_get::<_, Option<f32>>(column)
                     .map(|v| v.map(f64::from)),
@@ -420,6 +449,7 @@ mod tests {
             ts_name: "ts".into(),
             payload: vec![],
             skipped: vec![],
+            columns: vec![],
         }
     }
 

@@ -12,7 +12,16 @@
 //! `postgresql://` DSN, may bind `TIMESTAMPTZ` parameters.
 //!
 //! A password given in a DSN appears nowhere but in the connection itself: every
-//! description ([`PgSource`]'s `Display` and `Debug`) replaces it with `***`.
+//! description ([`PgSource`]'s `Display` and `Debug`) replaces it with `***`. In the URL
+//! form, special characters in the user or password must be percent-encoded (`@` as
+//! `%40`, `:` as `%3A`, `/` as `%2F`, `#` as `%23`, `?` as `%3F`, `%` as `%25`); a DSN
+//! that does not parse says so, without repeating the DSN.
+//!
+//! When the DSN gives no password, the standard `PGPASSWORD` environment variable is
+//! used (read when the DSN is parsed), so a password need not appear on a command line:
+//! `PGPASSWORD=... qmtl run ... --backfill-source questdb:postgresql://admin@host:8812/qdb`.
+//! A server that asks for a password when neither gives one is reported as
+//! [`LoaderError::PasswordRequired`], an input error.
 
 pub mod table;
 
@@ -106,26 +115,70 @@ impl fmt::Display for PgSource {
 
 const DSN_EXAMPLE: &str = "postgresql://USER:PASSWORD@HOST:PORT/DB";
 
+/// Appended to a URL-form DSN that does not parse: the usual cause is an unencoded
+/// character in the password.
+const ENCODE_HINT: &str = "; if the user or password holds special characters, \
+     percent-encode them (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)";
+
+/// The environment variable read for a password the DSN does not give.
+const PASSWORD_ENV: &str = "PGPASSWORD";
+
 impl PgSource {
-    /// Parses a DSN (`postgresql://...`, `postgres://...` or `key=value` pairs).
+    /// Parses a DSN (`postgresql://...`, `postgres://...` or `key=value` pairs). When
+    /// the DSN gives no password, `PGPASSWORD` (if set and not empty) supplies it.
     ///
     /// # Errors
     /// [`SourceSpecError::BadDsn`] when the text does not parse or names no host or user.
     /// The error never repeats the DSN (it may hold a password).
     pub fn parse(flavor: Flavor, dsn: &str) -> Result<PgSource, SourceSpecError> {
+        PgSource::parse_with_password(flavor, dsn, std::env::var(PASSWORD_ENV).ok())
+    }
+
+    /// [`PgSource::parse`] with `fallback` in place of `PGPASSWORD`.
+    fn parse_with_password(
+        flavor: Flavor,
+        dsn: &str,
+        fallback: Option<String>,
+    ) -> Result<PgSource, SourceSpecError> {
         let scheme = flavor.scheme();
+        let text = dsn.trim();
+        let is_url = text.starts_with("postgres://") || text.starts_with("postgresql://");
         let bad = |reason: String| SourceSpecError::BadDsn {
             scheme,
-            reason,
+            reason: if is_url {
+                format!("{reason}{ENCODE_HINT}")
+            } else {
+                reason
+            },
             example: DSN_EXAMPLE,
         };
-        let text = dsn.trim();
         let mut config = Config::from_str(text).map_err(|e| bad(error_text(&e)))?;
         if config.get_hosts().is_empty() {
             return Err(bad("the DSN names no host".into()));
         }
+        // No host name holds '@' or '#': such a "host" is the tail of a password.
+        let odd_host = config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Tcp(name) if name.contains(['@', '#'])));
+        if odd_host {
+            return Err(bad("a host name holds '@' or '#'".into()));
+        }
+        let (hosts, ports) = (config.get_hosts().len(), config.get_ports().len());
+        let hostaddrs = config.get_hostaddrs().len();
+        if (ports > 1 && ports != hosts) || (hostaddrs > 0 && hostaddrs != hosts) {
+            return Err(bad(format!(
+                "the DSN names {hosts} host(s) but {ports} port(s) and {hostaddrs} \
+                 hostaddr(s); give one port, or one per host"
+            )));
+        }
         if config.get_user().is_none_or(str::is_empty) {
             return Err(bad("the DSN names no user".into()));
+        }
+        if config.get_password().is_none() {
+            if let Some(password) = fallback.filter(|p| !p.is_empty()) {
+                config.password(password);
+            }
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
@@ -218,6 +271,13 @@ impl PgSource {
 
     /// Classifies an error met while connecting.
     pub(crate) fn connect_error(&self, source: tokio_postgres::Error) -> LoaderError {
+        if self.config.get_password().is_none() && is_password_missing(&source) {
+            return LoaderError::PasswordRequired {
+                addr: self.addr(),
+                user: self.user().to_owned(),
+                source,
+            };
+        }
         let code = source.code();
         if code == Some(&SqlState::INVALID_PASSWORD)
             || code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
@@ -249,6 +309,20 @@ pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
         Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
     }
+}
+
+/// Whether a connection attempt made without a password failed because the server asked
+/// for one. tokio-postgres reports that as a configuration error whose kind is not public;
+/// what sets it apart is that it is neither the server's (a database error) nor the
+/// network's (an I/O cause, a closed connection) nor TLS's. Host and port counts, the
+/// other configuration errors, are checked when the DSN is parsed.
+fn is_password_missing(error: &tokio_postgres::Error) -> bool {
+    let cause = std::error::Error::source(error);
+    error.as_db_error().is_none()
+        && !error.is_closed()
+        && cause.is_some_and(|c| {
+            !c.is::<std::io::Error>() && !c.is::<tokio_postgres::tls::NoTlsError>()
+        })
 }
 
 /// Whether trying again may cure `error`: lost connections, shutdowns, resource limits,
@@ -297,6 +371,10 @@ mod tests {
             ("postgresql://u:pw1@/db", "names no host"),
             ("postgresql://:pw2@h/db", "names no user"),
             ("postgresql://u:pw3@h:notaport/db", "invalid"),
+            (
+                "host=h,i port=1,2,3 user=u password=pw4",
+                "2 host(s) but 3 port(s)",
+            ),
         ];
         for (dsn, want) in cases {
             let err = PgSource::parse(Flavor::QuestDb, dsn)
@@ -305,5 +383,39 @@ mod tests {
             assert!(err.contains(want), "{dsn}: {err}");
             assert!(!err.contains("pw"), "{dsn}: {err}");
         }
+    }
+
+    #[test]
+    fn an_unencoded_password_gets_a_percent_encoding_hint_without_the_dsn() {
+        for dsn in [
+            "postgresql://qa1:Sec@r:t/p%w#q?z@127.0.0.1:5432/qmtl",
+            "postgresql://qa1:Sec@r@127.0.0.1:5432/qmtl",
+        ] {
+            let err = PgSource::parse(Flavor::QuestDb, dsn)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("percent-encode"), "{dsn}: {err}");
+            assert!(
+                err.contains("@ as %40") && err.contains("# as %23"),
+                "{err}"
+            );
+            assert!(!err.contains("Sec") && !err.contains("qa1"), "{dsn}: {err}");
+        }
+        let encoded = "postgresql://qa1:Sec%40r%3At%2Fp%25w%23q%3Fz@127.0.0.1:5432/qmtl";
+        let source = PgSource::parse(Flavor::QuestDb, encoded).unwrap();
+        assert_eq!(source.config.get_password(), Some(&b"Sec@r:t/p%w#q?z"[..]));
+    }
+
+    #[test]
+    fn pgpassword_fills_in_only_a_password_the_dsn_lacks() {
+        let env = || Some("from-env".to_owned());
+        let parse = |dsn, fallback| PgSource::parse_with_password(Flavor::QuestDb, dsn, fallback);
+        let filled = parse("postgresql://u@h/d", env()).unwrap();
+        assert_eq!(filled.config.get_password(), Some(&b"from-env"[..]));
+        assert_eq!(filled.to_string(), "questdb:postgresql://u:***@h:5432/d");
+        let given = parse("postgresql://u:in-dsn@h/d", env()).unwrap();
+        assert_eq!(given.config.get_password(), Some(&b"in-dsn"[..]));
+        let empty = parse("postgresql://u@h/d", Some(String::new())).unwrap();
+        assert_eq!(empty.config.get_password(), None);
     }
 }

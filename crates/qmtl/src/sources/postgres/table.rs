@@ -2,9 +2,17 @@
 //! bound for its key columns.
 //!
 //! A history table has the key columns `node_id` (text), `interval` (an integer number of
-//! seconds) and `ts`, plus numeric payload columns. `ts` is either `BIGINT` epoch seconds
-//! or a `TIMESTAMP` / `TIMESTAMPTZ` (QuestDB's designated timestamp arrives as
-//! `TIMESTAMP`, in UTC); it is converted to epoch seconds once, here and in the loader.
+//! seconds) and `ts`, plus numeric payload columns. `ts` is either `BIGINT` or `INTEGER`
+//! epoch seconds or a `TIMESTAMP` / `TIMESTAMPTZ` (QuestDB's designated timestamp arrives
+//! as `TIMESTAMP`, in UTC; `TIMESTAMPTZ` only through the `postgres:` flavor); it is
+//! converted to epoch seconds once, here and in the loader. An `INTEGER` `ts` ends on
+//! 2038-01-19 03:14:07 UTC; a `SMALLINT` one cannot hold a real date and is refused.
+//!
+//! Payload columns are `DOUBLE PRECISION`, `REAL`, `BIGINT`, `INTEGER` or `SMALLINT`,
+//! each read as `f64`. Through the `postgres:` flavor a `NUMERIC` column is read too,
+//! cast to `DOUBLE PRECISION` by the server (`"col"::float8`, so digits beyond an `f64`'s
+//! precision are rounded); the `questdb:` flavor keeps to the types above. Other columns
+//! are not read, and a stream field naming one is refused before any fetch.
 //! Column names match ignoring case.
 //!
 //! SQL is never assembled from values: values are always bound parameters. Only
@@ -29,6 +37,9 @@ pub const DEFAULT_TABLE: &str = "node_data";
 /// Epoch seconds beyond which no timestamp is bound (the year 5138; PostgreSQL and
 /// chrono both hold it).
 const TS_LIMIT: i64 = 100_000_000_000;
+
+/// The payload types a table may use, as the fix for a column of another type.
+const PAYLOAD_TYPES: &str = "use DOUBLE PRECISION, REAL, BIGINT or INTEGER";
 
 /// A parameter value of a type chosen from the statement's parameter types.
 pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
@@ -102,8 +113,10 @@ impl fmt::Display for TableName {
 /// How the table stores `ts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TsKind {
-    /// `BIGINT` (or `INTEGER`) epoch seconds.
+    /// `BIGINT` epoch seconds.
     Seconds,
+    /// `INTEGER` epoch seconds (up to 2038-01-19 03:14:07 UTC).
+    Seconds32,
     /// `TIMESTAMP` without time zone, read as UTC.
     Timestamp,
     /// `TIMESTAMPTZ`.
@@ -118,18 +131,29 @@ pub(crate) enum NumKind {
     I8,
     I4,
     I2,
+    /// `NUMERIC`, selected as `"col"::float8` (the `postgres:` flavor only).
+    Numeric,
 }
 
 impl NumKind {
-    fn of(ty: &Type) -> Option<NumKind> {
-        Some(match *ty {
-            Type::FLOAT8 => NumKind::F8,
-            Type::FLOAT4 => NumKind::F4,
-            Type::INT8 => NumKind::I8,
-            Type::INT4 => NumKind::I4,
-            Type::INT2 => NumKind::I2,
+    fn of(ty: &Type, flavor: Flavor) -> Option<NumKind> {
+        Some(match (ty.clone(), flavor) {
+            (Type::FLOAT8, _) => NumKind::F8,
+            (Type::FLOAT4, _) => NumKind::F4,
+            (Type::INT8, _) => NumKind::I8,
+            (Type::INT4, _) => NumKind::I4,
+            (Type::INT2, _) => NumKind::I2,
+            (Type::NUMERIC, Flavor::Postgres) => NumKind::Numeric,
             _ => return None,
         })
+    }
+
+    /// The column as written into the select list.
+    pub(crate) fn select(self, name: &str) -> String {
+        match self {
+            NumKind::Numeric => format!("{}::float8", quote(name)),
+            _ => quote(name),
+        }
     }
 }
 
@@ -146,6 +170,62 @@ pub(crate) struct Layout {
     pub payload: Vec<(String, NumKind)>,
     /// Columns neither key nor numeric payload (not read).
     pub skipped: Vec<String>,
+    /// Every column with its SQL type (upper case), in table order.
+    pub columns: Vec<(String, String)>,
+}
+
+impl Layout {
+    /// Why the table cannot feed `fields` (matched ignoring case), or `None` when every
+    /// field is a payload column the loader reads.
+    pub(crate) fn field_problems(&self, fields: &[String], flavor: Flavor) -> Option<String> {
+        let keys = [&self.node_id, &self.interval, &self.ts_name];
+        let mut missing = Vec::new();
+        let mut problems = Vec::new();
+        for field in fields {
+            let read = self
+                .payload
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(field));
+            if read {
+                continue;
+            }
+            let column = self
+                .columns
+                .iter()
+                .filter(|(name, _)| !keys.contains(&name))
+                .find(|(name, _)| name.eq_ignore_ascii_case(field));
+            match column {
+                None => missing.push(field.as_str()),
+                Some((name, _)) if !is_identifier(name) => problems.push(format!(
+                    "column \"{name}\" is not read because its name is not a plain \
+                     identifier; rename it {field}"
+                )),
+                Some((name, ty)) => {
+                    let also = if ty == "NUMERIC" && flavor == Flavor::QuestDb {
+                        ", or read the table through the postgres: scheme, which casts \
+                         NUMERIC to DOUBLE PRECISION"
+                    } else {
+                        ""
+                    };
+                    problems.push(format!(
+                        "column {name} has type {ty}; {PAYLOAD_TYPES}{also}"
+                    ));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<&str> = self.columns.iter().map(|(n, _)| n.as_str()).collect();
+            problems.insert(
+                0,
+                format!(
+                    "missing {} (columns: {})",
+                    missing.join(", "),
+                    names.join(", ")
+                ),
+            );
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
 }
 
 /// Reads the layout of `table` from the server (a prepared `SELECT *`, never executed).
@@ -182,19 +262,34 @@ pub(crate) async fn read_layout(
     let interval = key("interval")?;
     let ts = key("ts")?;
     let ts_kind = match (ts.type_().clone(), source.flavor()) {
-        (Type::INT8 | Type::INT4, _) => TsKind::Seconds,
+        (Type::INT8, _) => TsKind::Seconds,
+        (Type::INT4, _) => TsKind::Seconds32,
         (Type::TIMESTAMP, _) => TsKind::Timestamp,
         (Type::TIMESTAMPTZ, Flavor::Postgres) => TsKind::TimestampTz,
         (other, flavor) => {
             return Err(LoaderError::TsType {
                 table: table.to_string(),
                 found: other.name().to_uppercase(),
-                hint: if other == Type::TIMESTAMPTZ && flavor == Flavor::QuestDb {
-                    "; the questdb: scheme cannot bind TIMESTAMPTZ parameters, use postgres:"
-                } else {
-                    ""
+                expected: match flavor {
+                    Flavor::QuestDb => {
+                        "the questdb: scheme reads BIGINT or INTEGER epoch seconds or TIMESTAMP"
+                    }
+                    Flavor::Postgres => {
+                        "expected BIGINT or INTEGER epoch seconds, TIMESTAMP or TIMESTAMPTZ"
+                    }
                 },
-            })
+                hint: match other {
+                    Type::TIMESTAMPTZ => {
+                        " (it cannot bind TIMESTAMPTZ parameters); read this table through \
+                         the postgres: scheme, e.g. postgres:postgresql://USER@HOST:PORT/DB"
+                    }
+                    Type::INT2 => {
+                        "; SMALLINT holds no epoch second past 1970-01-01 09:06:07, store ts \
+                         as BIGINT"
+                    }
+                    _ => "",
+                },
+            });
         }
     };
     let keys = [node_id.name(), interval.name(), ts.name()];
@@ -204,7 +299,7 @@ pub(crate) async fn read_layout(
         if keys.contains(&column.name()) {
             continue;
         }
-        match NumKind::of(column.type_()) {
+        match NumKind::of(column.type_(), source.flavor()) {
             Some(kind) if is_identifier(column.name()) => {
                 payload.push((column.name().to_owned(), kind))
             }
@@ -218,6 +313,10 @@ pub(crate) async fn read_layout(
         ts_name: ts.name().to_owned(),
         payload,
         skipped,
+        columns: columns
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_().name().to_uppercase()))
+            .collect(),
     })
 }
 
@@ -265,9 +364,20 @@ pub(crate) fn ts_param(kind: TsKind, secs: Timestamp) -> Param {
     let utc = || DateTime::<Utc>::from_timestamp(secs, 0).unwrap_or_default();
     match kind {
         TsKind::Seconds => Box::new(secs),
+        TsKind::Seconds32 => Box::new(secs.clamp(i32::MIN.into(), i32::MAX.into()) as i32),
         TsKind::Timestamp => Box::new(naive(utc())),
         TsKind::TimestampTz => Box::new(utc()),
     }
+}
+
+/// The bounds of the half-open range `[start, end)` as parameters for a `ts` stored as
+/// `kind`, or `None` when an `INTEGER` `ts` cannot express `end` (it ends after
+/// `i32::MAX`). A `start` before `i32::MIN` is raised to it, which selects the same rows.
+pub(crate) fn ts_bounds(kind: TsKind, start: Timestamp, end: Timestamp) -> Option<[Param; 2]> {
+    if kind == TsKind::Seconds32 && end > i64::from(i32::MAX) {
+        return None;
+    }
+    Some([ts_param(kind, start), ts_param(kind, end)])
 }
 
 fn naive(t: DateTime<Utc>) -> NaiveDateTime {
