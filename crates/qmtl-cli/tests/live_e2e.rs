@@ -425,3 +425,33 @@ fn gateway_refusals_exit_with_their_codes() {
         text(&out)
     );
 }
+
+#[test]
+fn sigterm_during_a_dryrun_backfill_is_a_clean_stop() {
+    // A million bars keep the backfill busy long enough to be interrupted.
+    let table = "live_big";
+    let bars = node_id("momentum", "bars");
+    let server = pg::server();
+    server.psql(&format!(
+        "CREATE TABLE {table} (node_id TEXT, interval INT, ts BIGINT, open FLOAT8, \
+         high FLOAT8, low FLOAT8, close FLOAT8, volume FLOAT8); \
+         INSERT INTO {table} SELECT '{bars}', 3600, g::bigint * 3600, 1, 1, 1, 1, 1 \
+         FROM generate_series(1, 1000000) AS g"
+    ));
+    let (_gateway, url) = gateway(&[]);
+    let report = scratch("live_big.json");
+    let source = format!("questdb:{}", server.dsn());
+    let mut cmd = qmtl();
+    cmd.args(["run", "momentum", "--mode", "dryrun", "--gateway-url", &url])
+        .args(["--backfill-source", &source, "--backfill-table", table])
+        .args(["--backfill-start", "0", "--backfill-end", "3600000001"])
+        .args(["--concurrency", "1", "--report-json"])
+        .arg(&report);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("backfill.start", Duration::from_secs(60));
+    let (status, took) = run.terminate();
+    assert_eq!(status.code(), Some(0), "{}", run.output());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let report = read_report(&report);
+    assert_eq!(report["jobs"][0]["status"], "cancelled", "{report}");
+}

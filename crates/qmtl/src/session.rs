@@ -35,7 +35,7 @@ use crate::live::{JsonlSource, LiveBatch, LiveFeed, LiveSource, LiveSpec, TableF
 use crate::loader::CacheLoader;
 use crate::node::{NodeId, NodeSpec, NodeType};
 use crate::recorder::{OutputBuffer, Recorded, Recorder};
-use crate::replay::{replay_feeds, Executor, Feed};
+use crate::replay::{replay_feeds, Executor, Feed, ReplayError};
 use crate::report::{Report, Timings};
 use crate::sources::{SourceMap, SourceOptions, SourceSpec, DEFAULT_TABLE};
 use crate::telemetry;
@@ -359,7 +359,13 @@ async fn run_registered(
     if all_completed {
         let inputs: Vec<(Feed, &Columns)> =
             feeds.iter().map(|f| f.target).zip(history.iter()).collect();
-        events = replay_feeds(&mut exec, &inputs)?;
+        // A signal during the warm-up replay stops the run cleanly, like one during
+        // the backfill: what was replayed is recorded and reported.
+        events = match replay_feeds(&mut exec, &inputs) {
+            Ok(n) => n,
+            Err(ReplayError::Cancelled { events }) => events,
+            Err(e) => return Err(e.into()),
+        };
     }
     let replay_s = began.elapsed().as_secs_f64();
     let mut spare: Vec<Recorded> = Vec::new();
