@@ -325,6 +325,9 @@ fn dryrun_follows_the_table_shares_a_node_and_stops_on_sigterm() {
         assert!(status.contains("ended"), "{status}");
     }
     let wide = read_report(&report_b);
+    // Regression: the wide signal computed on stale sma_fast values, then again when they
+    // arrived. Three new bars: three sma_slow and three signal outputs, no more.
+    assert_eq!(wide["live_outputs"], 6, "{wide}");
     assert_eq!(report_node(&wide, "sma_fast")["queue"], sma_fast.as_str());
     assert!(
         report_node(&wide, "sma_fast")["rows_loaded"]

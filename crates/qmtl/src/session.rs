@@ -408,6 +408,15 @@ async fn run_registered(
         );
         let mut last = watermarks;
         let mut batch = LiveBatch::new(&live_feeds);
+        // Rows of another strategy's queue arrive on its schedule: stream rows wait until
+        // every queue has caught up with their time, so a node reading both computes once,
+        // on the values of that time. Pending rows live in reused buffers.
+        let gates: Vec<bool> = feeds
+            .iter()
+            .map(|f| f.stream.is_none() && matches!(f.target, Feed::Node(_)))
+            .collect();
+        let mut pending: Vec<(Timestamp, usize, usize)> = Vec::new();
+        let mut pending_values: Vec<f64> = Vec::new();
         loop {
             batch.clear();
             let more = tokio::select! {
@@ -416,16 +425,37 @@ async fn run_registered(
                 more = source.next_batch(&mut batch) => more?,
             };
             batch.sort();
-            // Rows of one timestamp are staged together and computed once.
-            let mut staged: Option<Timestamp> = None;
             for (f, ts, values) in batch.iter() {
-                let plan = &feeds[f];
-                let bucket = plan.feed.interval.bucket(ts);
+                let bucket = feeds[f].feed.interval.bucket(ts);
                 if bucket <= last[f] {
                     live.live_duplicates += 1;
                     continue;
                 }
                 last[f] = bucket;
+                pending.push((ts, f, pending_values.len()));
+                pending_values.extend_from_slice(values);
+            }
+
+            // Process, in time order, the rows every queue has caught up with (all of
+            // them once the source has ended).
+            let ready_until = if more {
+                feeds
+                    .iter()
+                    .zip(&gates)
+                    .zip(&last)
+                    .filter(|((_, gate), _)| **gate)
+                    .map(|((f, _), b)| b.saturating_add(f.feed.interval.secs_i64() - 1))
+                    .min()
+                    .unwrap_or(Timestamp::MAX)
+            } else {
+                Timestamp::MAX
+            };
+            pending.sort_by_key(|&(ts, f, at)| (ts, f, at));
+            let ready = pending.partition_point(|&(ts, _, _)| ts <= ready_until);
+            let mut staged: Option<Timestamp> = None;
+            for &(ts, f, at) in &pending[..ready] {
+                let plan = &feeds[f];
+                let values = &pending_values[at..at + plan.feed.fields.len()];
                 if let Some(previous) = staged.filter(|p| *p != ts) {
                     exec.compute(previous)?;
                 }
@@ -439,6 +469,11 @@ async fn run_registered(
             if let Some(ts) = staged {
                 exec.compute(ts)?;
             }
+            pending.drain(..ready);
+            if pending.is_empty() {
+                pending_values.clear();
+            }
+
             if let Some(recorder) = &mut recorder {
                 record_cycle(recorder, &buffer, &mut spare, store.as_ref()).await?;
             }
