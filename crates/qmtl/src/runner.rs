@@ -682,17 +682,7 @@ impl Runner {
             .map(|(i, _)| i)
             .collect();
         let sink = Arc::new(HistorySink::new(&dag, &stream_indices, true));
-        let total: u64 = jobs.iter().map(|j| (j.end - j.start) as u64).sum();
-        let bar = telemetry::progress_bar(total, "backfill");
-        let job_reports = run_backfill(
-            jobs,
-            &self.config,
-            metrics.clone(),
-            sink.clone(),
-            self.cancel.clone(),
-            bar,
-        )
-        .await;
+        let job_reports = self.backfill(jobs, &metrics, sink.clone()).await;
         let backfill_s = began.elapsed().as_secs_f64();
 
         // Replay history through the DAG when every job completed.
@@ -782,6 +772,26 @@ impl Runner {
         let start = resolve(&self.start, "--backfill-start")?;
         let end = resolve(&self.end, "--backfill-end")?.unwrap_or_else(crate::time::now);
         Ok((start, end))
+    }
+
+    /// Runs the backfill jobs with this run's settings, progress bar and cancel token.
+    async fn backfill(
+        &self,
+        jobs: Vec<BackfillJob>,
+        metrics: &Arc<Metrics>,
+        sink: Arc<dyn ChunkSink>,
+    ) -> Vec<crate::JobReport> {
+        let total: u64 = jobs.iter().map(|j| (j.end - j.start).max(0) as u64).sum();
+        let bar = telemetry::progress_bar(total, "backfill");
+        run_backfill(
+            jobs,
+            &self.config,
+            metrics.clone(),
+            sink,
+            self.cancel.clone(),
+            bar,
+        )
+        .await
     }
 
     /// The metric set in use, and its server when a port was asked for.

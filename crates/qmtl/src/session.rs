@@ -29,7 +29,7 @@ use super::{
 use crate::batch::Columns;
 use crate::cache::BulkRows;
 use crate::dag::Dag;
-use crate::engine::{run_backfill, BackfillJob, ChunkSink, JobStatus, SinkError};
+use crate::engine::{BackfillJob, ChunkSink, JobStatus, SinkError};
 use crate::gateway_client::{GatewayClient, QueueTarget, Registration, RunType};
 use crate::live::{JsonlSource, LiveBatch, LiveFeed, LiveSource, LiveSpec, TableFollower};
 use crate::loader::CacheLoader;
@@ -38,7 +38,6 @@ use crate::recorder::{OutputBuffer, Recorded, Recorder};
 use crate::replay::{replay_feeds, Executor, Feed, ReplayError};
 use crate::report::{Report, Timings};
 use crate::sources::{SourceMap, SourceOptions, SourceSpec, DEFAULT_TABLE};
-use crate::telemetry;
 use crate::time::Timestamp;
 use crate::Mode;
 
@@ -301,17 +300,7 @@ async fn run_registered(
         })
         .collect();
     let sink = Arc::new(FeedSink::new(&feeds));
-    let total: u64 = jobs.iter().map(|j| (j.end - j.start).max(0) as u64).sum();
-    let bar = telemetry::progress_bar(total, "backfill");
-    let job_reports = run_backfill(
-        jobs,
-        &runner.config,
-        metrics.clone(),
-        sink.clone(),
-        runner.cancel.clone(),
-        bar,
-    )
-    .await;
+    let job_reports = runner.backfill(jobs, &metrics, sink.clone()).await;
     let backfill_s = began.elapsed().as_secs_f64();
     let history = sink.take();
 
