@@ -292,6 +292,21 @@ impl Recorder {
         self.flush_if_full().await
     }
 
+    /// Writes every non-empty node of `recorded` and flushes.
+    ///
+    /// # Errors
+    /// As [`Recorder::persist_columns`] and [`Recorder::flush`].
+    pub async fn persist_recorded<'a>(
+        &mut self,
+        recorded: impl IntoIterator<Item = &'a Recorded>,
+    ) -> Result<(), RecordError> {
+        for r in recorded.into_iter().filter(|r| !r.columns.is_empty()) {
+            self.persist_columns(&r.node_id, r.interval, &r.fields, &r.columns)
+                .await?;
+        }
+        self.flush().await
+    }
+
     /// Buffers every row of `columns` (values field-major, as the engine decodes them).
     ///
     /// # Errors

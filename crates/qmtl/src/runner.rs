@@ -984,18 +984,10 @@ async fn record_outputs(
         spec: spec.to_owned(),
         source,
     };
-    for recorded in buffer.take() {
-        recorder
-            .persist_columns(
-                &recorded.node_id,
-                recorded.interval,
-                &recorded.fields,
-                &recorded.columns,
-            )
-            .await
-            .map_err(fail)?;
-    }
-    recorder.flush().await.map_err(fail)?;
+    recorder
+        .persist_recorded(&buffer.take())
+        .await
+        .map_err(fail)?;
     tracing::info!(target_spec = %spec, rows = recorder.written(), "record.complete");
     Ok(())
 }

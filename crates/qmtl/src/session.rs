@@ -626,18 +626,7 @@ async fn record_cycle(
         spec: store.map_or_else(String::new, |s| s.spec.to_string()),
         source,
     };
-    for recorded in spare.iter().filter(|r| !r.columns.is_empty()) {
-        recorder
-            .persist_columns(
-                &recorded.node_id,
-                recorded.interval,
-                &recorded.fields,
-                &recorded.columns,
-            )
-            .await
-            .map_err(fail)?;
-    }
-    recorder.flush().await.map_err(fail)
+    recorder.persist_recorded(spare.iter()).await.map_err(fail)
 }
 
 /// Keeps each feed's backfilled rows, in order, for the cache merge and the replay.
