@@ -103,6 +103,10 @@ pub struct BackfillJob {
     pub fields: Arc<[String]>,
     /// Where the rows come from.
     pub loader: Arc<dyn CacheLoader>,
+    /// Only the newest this many rows of the range are needed (a warm-up-only run): the
+    /// engine asks [`CacheLoader::fetch_last`] for them in one fetch, and fetches the
+    /// whole range in chunks when the loader cannot select them. `None` loads the range.
+    pub newest: Option<u64>,
 }
 
 /// How a job ended.
@@ -306,6 +310,27 @@ async fn fetch_chunk(
     Ok(decode(&batch, &job.fields, start, end)?)
 }
 
+async fn fetch_newest(
+    job: &BackfillJob,
+    (start, end): (Timestamp, Timestamp),
+    count: u64,
+    timeout: Option<Duration>,
+) -> Result<Option<Columns>, ChunkError> {
+    let fetch = job
+        .loader
+        .fetch_last(start, end, count, &job.node_id, job.interval);
+    let batch = match timeout {
+        Some(after) => tokio::time::timeout(after, fetch)
+            .await
+            .map_err(|_| LoaderError::Timeout { after })??,
+        None => fetch.await?,
+    };
+    match batch {
+        Some(batch) => Ok(Some(decode(&batch, &job.fields, start, end)?)),
+        None => Ok(None),
+    }
+}
+
 async fn run_job(
     index: usize,
     job: &BackfillJob,
@@ -358,7 +383,77 @@ async fn run_job(
         }
     }
 
+    // A warm-up-only job fetches just its newest rows when the loader can select them.
     let mut chunk_start = lo;
+    if let Some(count) = job.newest.filter(|_| lo < hi) {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.min_delay)
+            .with_max_delay(config.max_delay)
+            .with_max_times(config.max_retries)
+            .with_jitter();
+        let fetched = (|| fetch_newest(job, (lo, hi), count, config.request_timeout))
+            .retry(backoff)
+            .when(ChunkError::is_retryable)
+            .notify(|error, delay| {
+                report.retries += 1;
+                metrics.retry_total.get_or_create(&labels).inc();
+                tracing::warn!(
+                    node_id = %job.node_id, interval = job.interval.secs(), start = lo, end = hi,
+                    newest = count, delay_ms = delay.as_millis() as u64, error = %error,
+                    "backfill.retry"
+                );
+            });
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => None,
+            r = fetched => Some(r),
+        };
+        let result = match outcome {
+            None => {
+                report.status = JobStatus::Cancelled;
+                tracing::info!(node_id = %job.node_id, interval = job.interval.secs(),
+                    rows = report.rows, "backfill.cancelled");
+                chunk_start = hi;
+                Ok(None)
+            }
+            Some(Ok(Some(rows))) => {
+                let (n, first, last) = (rows.len() as u64, rows.ts.first(), rows.ts.last());
+                let (first, last) = (first.copied(), last.copied());
+                sink.accept(index, job.start, job.end, rows)
+                    .map(|()| Some((n, first, last)))
+                    .map_err(ChunkError::from)
+            }
+            Some(Ok(None)) => Ok(None),
+            Some(Err(error)) => Err(error),
+        };
+        match result {
+            Ok(Some((rows, first, last))) => {
+                report.rows = rows;
+                report.first_ts = first;
+                if let Some(last) = last {
+                    report.last_ts = Some(last);
+                    metrics.last_timestamp.get_or_create(&labels).set(last);
+                }
+                metrics.rows_total.get_or_create(&labels).inc_by(rows);
+                progress.inc(job.end.saturating_sub(job.start) as u64);
+                tracing::debug!(node_id = %job.node_id, interval = job.interval.secs(),
+                    newest = count, rows, "backfill.newest_loaded");
+                chunk_start = hi;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                report.status = JobStatus::Failed;
+                report.error = Some(format!("newest {count} of [{lo}, {hi}): {error}"));
+                metrics.failure_total.get_or_create(&labels).inc();
+                tracing::error!(
+                    node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+                    start = lo, end = hi, newest = count, error = %error, "backfill.failed"
+                );
+                chunk_start = hi;
+            }
+        }
+    }
+
     while chunk_start < hi {
         // Chunks end on bucket boundaries, so no bucket is split between two chunks.
         let aligned = job.interval.bucket_ceil(chunk_start.saturating_add(span));

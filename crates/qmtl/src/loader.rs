@@ -60,6 +60,26 @@ pub trait CacheLoader: Send + Sync {
         interval: Interval,
     ) -> Result<RecordBatch, LoaderError>;
 
+    /// The newest `count` rows with `start <= ts < end`, ordered by `ts` (ascending), or
+    /// `None` when the loader cannot select them cheaply; the engine then fetches the
+    /// whole range instead. A run that needs only the warm-up (a dryrun or a live run)
+    /// asks for just the rows its caches keep, so its time to ready does not grow with
+    /// the range. The default answers `None`.
+    ///
+    /// # Errors
+    /// As [`CacheLoader::fetch`].
+    async fn fetch_last(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        count: u64,
+        node_id: &NodeId,
+        interval: Interval,
+    ) -> Result<Option<RecordBatch>, LoaderError> {
+        let _ = (start, end, count, node_id, interval);
+        Ok(None)
+    }
+
     /// A description for logs and plans. Never include a password.
     fn describe(&self) -> String;
 

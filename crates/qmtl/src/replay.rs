@@ -2,10 +2,11 @@
 //!
 //! For each timestamp, the rows of every stream at that time are appended to the caches
 //! of the nodes that read them; then each touched node, in declaration order, runs its
-//! compute function once (after all of its inputs have taken this timestamp's values). A node computes only
-//! when its cache is ready. When an append raised a gap flag, the [`OnMissing`] policy
-//! decides: `skip` stores the value but does not compute for that event, `fail` stops
-//! with an error naming node, interval and both timestamps, `continue` computes anyway.
+//! compute function once (after all of its inputs have taken this timestamp's values).
+//! A node computes only when its cache is ready. When an append raised a gap flag, the
+//! [`OnMissing`] policy decides: `skip` stores the value but does not compute for that
+//! event, `fail` stops with an error naming node, interval and both timestamps,
+//! `continue` computes anyway.
 //! Emitted rows flow on to the node's consumers within the same event.
 //!
 //! When a strategy runs with a gateway, some nodes are computed by another strategy:

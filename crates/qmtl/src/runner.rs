@@ -665,6 +665,7 @@ impl Runner {
                 end,
                 fields: spec.fields.clone().into(),
                 loader: loader.clone(),
+                newest: None,
             });
         }
         self.show_plan(&plan);

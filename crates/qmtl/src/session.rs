@@ -2,6 +2,12 @@
 //! queue map, backfill, replay the warm-up, then process live rows until the live source
 //! ends or the run is cancelled, and end the registration however the run ends.
 //!
+//! Without an explicit start the range is the warm-up's own, and each feed asks its
+//! loader for only the newest rows its warm-up replays ([`CacheLoader::fetch_last`]: a
+//! stream's warm-up span in intervals, twice the period for a queue), so the time to
+//! ready does not grow with the history the source holds. An explicit start asks for the
+//! whole range to be replayed, and recorded, so it is loaded whole.
+//!
 //! The queue map decides what executes here. A processing node that another active
 //! strategy computes does not execute: it becomes a feed whose rows (its history and its
 //! live rows) are read from its queue, which in this version is the history table,
@@ -66,6 +72,11 @@ struct FeedPlan {
     stream: Option<usize>,
     loader: Arc<dyn CacheLoader>,
     start: Timestamp,
+    /// The rows the warm-up needs, when the range is the warm-up's own (no explicit
+    /// start): only the newest this many of `[start, end)` are fetched when the loader
+    /// can select them. An explicit start asks for the whole range to be replayed (and
+    /// recorded), so it is loaded whole.
+    newest: Option<u64>,
 }
 
 /// One resolved input of a tag query node: (queue id, interval, fields).
@@ -178,6 +189,7 @@ async fn run_registered(
     let (explicit_start, end) = runner.resolve_range()?;
     let warmup = warmup_spans(dag);
     let start_of = |span: i64| explicit_start.unwrap_or_else(|| end.saturating_sub(span));
+    let warmup_only = explicit_start.is_none();
     if let Some(start) = explicit_start.filter(|s| *s >= end) {
         return Err(RunError::EmptyRange {
             start,
@@ -205,6 +217,7 @@ async fn run_registered(
                     stream: Some(index),
                     loader: loader.clone(),
                     start: start_of(span),
+                    newest: warmup_only.then(|| rows_in(span, node.interval)),
                 });
             }
             NodeType::Node => {
@@ -220,6 +233,7 @@ async fn run_registered(
                     stream: None,
                     loader,
                     start: start_of(2 * node.period as i64 * node.interval.secs_i64()),
+                    newest: warmup_only.then_some(2 * node.period as u64),
                 });
                 external.insert(index, queue.clone());
             }
@@ -259,6 +273,7 @@ async fn run_registered(
                         stream: None,
                         loader: loader.clone(),
                         start,
+                        newest: warmup_only.then_some(2 * node.period as u64),
                     });
                 }
                 tracing::info!(
@@ -297,6 +312,7 @@ async fn run_registered(
             end,
             fields: f.feed.fields.clone(),
             loader: f.loader.clone(),
+            newest: f.newest,
         })
         .collect();
     let sink = Arc::new(FeedSink::new(&feeds));
@@ -510,6 +526,13 @@ async fn run_registered(
         succeeded = report.succeeded(), "run.complete"
     );
     Ok(report)
+}
+
+/// The rows of one interval each that fit in `span` seconds: what a warm-up of that span
+/// replays.
+fn rows_in(span: i64, interval: crate::Interval) -> u64 {
+    let step = interval.secs_i64().max(1);
+    (span.max(0).saturating_add(step - 1) / step) as u64
 }
 
 fn live_feed(node: &NodeSpec) -> LiveFeed {

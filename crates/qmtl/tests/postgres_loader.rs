@@ -598,6 +598,45 @@ async fn source_options_choose_the_table_and_descriptions_hide_the_password() {
     assert!(!format!("{spec:?} {spec}").contains(&server.password));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_rows_are_the_tail_of_the_range_fetch() {
+    let server = pg::server();
+    // Minute bars with a gap (every 7th missing) and one other node's rows in between.
+    server.psql(
+        "CREATE TABLE newest (node_id TEXT NOT NULL, interval INT NOT NULL, ts BIGINT, \
+         open FLOAT8, close FLOAT8); \
+         INSERT INTO newest SELECT 'n', 60, i * 60, i, CASE WHEN i % 5 = 0 THEN NULL \
+         ELSE i + 0.5 END FROM generate_series(0, 9999) AS i WHERE i % 7 <> 3; \
+         INSERT INTO newest SELECT 'other', 60, i * 60 + 30, -1, -1 \
+         FROM generate_series(0, 9999) AS i",
+    );
+    let minute = Interval::from_secs(60).unwrap();
+    let node = NodeId::from_hex("n");
+    for flavor in [Flavor::QuestDb, Flavor::Postgres] {
+        let loader = QuestDBLoader::open(&source(flavor, &server.dsn()), &options("newest"))
+            .await
+            .unwrap();
+        for (start, end, count) in [
+            (0, 600_000, 30),
+            (0, 300_000, 1),
+            (120_000, 121_000, 100),
+            (0, 600_000, 0),
+            (500, 500, 5),
+            (0, 600_000, 20_000),
+        ] {
+            let range = loader.fetch(start, end, &node, minute).await.unwrap();
+            let newest = loader
+                .fetch_last(start, end, count, &node, minute)
+                .await
+                .unwrap()
+                .expect("the database loader selects the newest rows");
+            let tail = range.num_rows().min(count as usize);
+            let want = range.slice(range.num_rows() - tail, tail);
+            assert_eq!(newest, want, "{flavor:?} [{start}, {end}) newest {count}");
+        }
+    }
+}
+
 /// Loader throughput for 1,000,000 rows (ts + 5 float64) of one node, against
 /// `psql -c "COPY (the same SELECT) TO STDOUT (FORMAT binary)" > /dev/null` timed in the
 /// same run. A measurement, not a check: run it on a release build with

@@ -225,6 +225,21 @@ impl CacheLoader for CsvLoader {
         self.range(start, end)
     }
 
+    async fn fetch_last(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        count: u64,
+        _node_id: &NodeId,
+        _interval: Interval,
+    ) -> Result<Option<RecordBatch>, LoaderError> {
+        let lo = self.ts.partition_point(|t| *t < start);
+        let hi = self.ts.partition_point(|t| *t < end).max(lo);
+        let newest = (hi - lo).min(usize::try_from(count).unwrap_or(usize::MAX));
+        let from = self.ts.get(hi - newest).copied().unwrap_or(end);
+        self.range(from.max(start), end).map(Some)
+    }
+
     fn describe(&self) -> String {
         format!("csv:{}", self.path.display())
     }
@@ -304,6 +319,30 @@ mod tests {
             .as_primitive::<Float64Type>();
         assert!(open.value(1).is_nan(), "an empty cell is missing");
         assert_eq!(batch.num_rows(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_newest_rows_are_the_tail_of_the_range() {
+        let path = write("newest.csv", "ts,close\n10,1\n20,2\n30,3\n40,4\n50,5\n");
+        let loader = CsvLoader::open(&path).unwrap();
+        let (node, interval) = (NodeId::from_hex("n"), Interval::from_secs(10).unwrap());
+        for (start, end, count) in [
+            (0, 100, 2),
+            (0, 45, 3),
+            (25, 45, 9),
+            (0, 100, 0),
+            (60, 90, 1),
+        ] {
+            let range = loader.range(start, end).unwrap();
+            let newest = loader
+                .fetch_last(start, end, count, &node, interval)
+                .await
+                .unwrap()
+                .unwrap();
+            let tail = range.num_rows().min(count as usize);
+            let want = range.slice(range.num_rows() - tail, tail);
+            assert_eq!(newest, want, "[{start}, {end}) newest {count}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! WHERE "node_id" = $1 AND "interval" = $2 AND "ts" >= $3 AND "ts" < $4 ORDER BY "ts"
 //! ```
 //!
-//! through the extended query protocol with binary results, and decodes the streamed rows
+//! through the extended query protocol with binary results (for
+//! [`CacheLoader::fetch_last`], the same with `ORDER BY "ts" DESC LIMIT $5`, the rows
+//! then put back in ascending order), and decodes the streamed rows
 //! straight into Arrow builders: an `Int64` `ts` column in epoch seconds and one
 //! `Float64` column per numeric payload column (a SQL `NULL` becomes an Arrow null).
 //! Text and other non-numeric columns are not read (a `NUMERIC` column is read through
@@ -31,7 +33,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::builder::{Float64Builder, Int64Builder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use deadpool_postgres::Pool;
@@ -76,6 +78,7 @@ pub struct QuestDBLoader {
     pool: Pool,
     layout: Layout,
     select_sql: String,
+    last_sql: String,
     null_check_sql: String,
     schema: Arc<Schema>,
     checked: Mutex<HashSet<(NodeId, u64)>>,
@@ -152,6 +155,7 @@ impl QuestDBLoader {
             columns.join(", "),
             table.quoted(),
         );
+        let last_sql = format!("{select_sql} DESC LIMIT $5");
         let null_check_sql = format!(
             "SELECT count(*) FROM {} WHERE {keys} AND {ts} IS NULL",
             table.quoted()
@@ -173,6 +177,7 @@ impl QuestDBLoader {
             pool,
             layout,
             select_sql,
+            last_sql,
             null_check_sql,
             schema: Arc::new(Schema::new(fields)),
             checked: Mutex::new(HashSet::new()),
@@ -230,19 +235,27 @@ impl QuestDBLoader {
     }
 }
 
-#[async_trait::async_trait]
-impl CacheLoader for QuestDBLoader {
-    async fn fetch(
+impl QuestDBLoader {
+    /// Runs the range select (`newest: None`) or the newest-rows select and decodes it.
+    async fn select(
         &self,
         start: Timestamp,
         end: Timestamp,
+        newest: Option<u64>,
         node_id: &NodeId,
         interval: Interval,
     ) -> Result<RecordBatch, LoaderError> {
         let db = |e| query_error(&self.source, &self.table, e);
         let client = self.source.checkout(&self.pool).await?;
-        let statement = client.prepare_cached(&self.select_sql).await.map_err(db)?;
+        let sql = match newest {
+            Some(_) => &self.last_sql,
+            None => &self.select_sql,
+        };
+        let statement = client.prepare_cached(sql).await.map_err(db)?;
         let mut decoder = Decoder::new(&self.layout, start, end, interval);
+        if let Some(count) = newest {
+            decoder = decoder.newest_first(count);
+        }
 
         // Bind the key and range in the types the server declared for them.
         let Some(interval_param) = int_param(&statement.params()[1], interval.secs_i64()) else {
@@ -258,12 +271,17 @@ impl CacheLoader for QuestDBLoader {
                 limit: i32::MAX.into(),
             });
         };
-        let params: [&(dyn ToSql + Sync); 4] = [
-            &node_id.as_str(),
+        let limit = i64::try_from(newest.unwrap_or(0)).unwrap_or(i64::MAX);
+        let node = node_id.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &node,
             interval_param.as_ref(),
             start_param.as_ref(),
             end_param.as_ref(),
         ];
+        if newest.is_some() {
+            params.push(&limit);
+        }
 
         // Stream the rows into the column builders.
         let rows = client.query_raw(&statement, params).await.map_err(db)?;
@@ -273,10 +291,36 @@ impl CacheLoader for QuestDBLoader {
             decoder.push(&row, &context)?;
         }
         tracing::debug!(
-            node_id = %node_id, interval = interval.secs(), start, end,
+            node_id = %node_id, interval = interval.secs(), start, end, newest,
             rows = decoder.len(), "loader.fetched"
         );
         decoder.finish(&self.schema, context)
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheLoader for QuestDBLoader {
+    async fn fetch(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        node_id: &NodeId,
+        interval: Interval,
+    ) -> Result<RecordBatch, LoaderError> {
+        self.select(start, end, None, node_id, interval).await
+    }
+
+    async fn fetch_last(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        count: u64,
+        node_id: &NodeId,
+        interval: Interval,
+    ) -> Result<Option<RecordBatch>, LoaderError> {
+        self.select(start, end, Some(count), node_id, interval)
+            .await
+            .map(Some)
     }
 
     fn describe(&self) -> String {
@@ -319,6 +363,8 @@ struct Decoder<'a> {
     payload: Vec<Float64Builder>,
     previous: Option<Timestamp>,
     rows: u64,
+    /// Rows arrive newest first (`ORDER BY ts DESC`) and are reversed at the end.
+    descending: bool,
 }
 
 impl<'a> Decoder<'a> {
@@ -335,7 +381,20 @@ impl<'a> Decoder<'a> {
                 .collect(),
             previous: None,
             rows: 0,
+            descending: false,
         }
+    }
+
+    /// Expects at most `count` rows, newest first.
+    fn newest_first(mut self, count: u64) -> Self {
+        let reserve = usize::try_from(count).unwrap_or(usize::MAX);
+        let reserve = reserve.min(MAX_RESERVED_ROWS as usize);
+        self.ts = Int64Builder::with_capacity(reserve);
+        for builder in &mut self.payload {
+            *builder = Float64Builder::with_capacity(reserve);
+        }
+        self.descending = true;
+        self
     }
 
     fn len(&self) -> u64 {
@@ -404,7 +463,12 @@ impl<'a> Decoder<'a> {
 
     fn check_order(&mut self, ts: Timestamp, context: &Context) -> Result<(), LoaderError> {
         if let Some(previous) = self.previous {
-            if ts < previous {
+            let back = if self.descending {
+                ts > previous
+            } else {
+                ts < previous
+            };
+            if back {
                 return Err(LoaderError::OutOfOrder {
                     table: context.table.clone(),
                     node_id: context.node_id.clone(),
@@ -424,12 +488,18 @@ impl<'a> Decoder<'a> {
         schema: &Arc<Schema>,
         context: Context,
     ) -> Result<RecordBatch, LoaderError> {
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.ts.finish())];
-        columns.extend(
-            self.payload
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
+        let ts = self.ts.finish();
+        let payload = self.payload.iter_mut().map(|b| b.finish());
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if self.descending {
+            columns.push(Arc::new(ts.iter().rev().collect::<Int64Array>()));
+            columns.extend(
+                payload.map(|c| Arc::new(c.iter().rev().collect::<Float64Array>()) as ArrayRef),
+            );
+        } else {
+            columns.push(Arc::new(ts));
+            columns.extend(payload.map(|c| Arc::new(c) as ArrayRef));
+        }
         RecordBatch::try_new(schema.clone(), columns).map_err(|source| LoaderError::Arrow {
             table: context.table,
             source,
