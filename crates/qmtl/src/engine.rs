@@ -294,31 +294,37 @@ fn empty_report(job: &BackfillJob, status: JobStatus) -> JobReport {
     }
 }
 
-async fn fetch_chunk(
-    job: &BackfillJob,
-    start: Timestamp,
-    end: Timestamp,
-    timeout: Option<Duration>,
-) -> Result<Columns, ChunkError> {
-    let fetch = job.loader.fetch(start, end, &job.node_id, job.interval);
-    let batch = match timeout {
-        Some(after) => tokio::time::timeout(after, fetch)
-            .await
-            .map_err(|_| LoaderError::Timeout { after })??,
-        None => fetch.await?,
-    };
-    Ok(decode(&batch, &job.fields, start, end)?)
+/// What one fetch asks the loader for.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// Every row of the range.
+    Range,
+    /// The newest this many rows of the range, if the loader can select them.
+    Newest(u64),
 }
 
-async fn fetch_newest(
+/// One attempt at a fetch, bounded by the request timeout. `None`: the loader cannot
+/// select the newest rows, so the caller falls back to range fetches.
+async fn fetch(
     job: &BackfillJob,
     (start, end): (Timestamp, Timestamp),
-    count: u64,
+    ask: Ask,
     timeout: Option<Duration>,
 ) -> Result<Option<Columns>, ChunkError> {
-    let fetch = job
-        .loader
-        .fetch_last(start, end, count, &job.node_id, job.interval);
+    let loader = &job.loader;
+    let fetch = async {
+        match ask {
+            Ask::Range => loader
+                .fetch(start, end, &job.node_id, job.interval)
+                .await
+                .map(Some),
+            Ask::Newest(n) => {
+                loader
+                    .fetch_last(start, end, n, &job.node_id, job.interval)
+                    .await
+            }
+        }
+    };
     let batch = match timeout {
         Some(after) => tokio::time::timeout(after, fetch)
             .await
@@ -328,6 +334,123 @@ async fn fetch_newest(
     match batch {
         Some(batch) => Ok(Some(decode(&batch, &job.fields, start, end)?)),
         None => Ok(None),
+    }
+}
+
+/// How one fetch of a job ended.
+enum Step {
+    /// Rows were handed to the sink.
+    Loaded,
+    /// The loader cannot select the newest rows.
+    Unsupported,
+    /// The job failed or was cancelled; it ends here.
+    Stop,
+}
+
+/// One job's fetches, with its report and its metrics' labels.
+struct JobRun<'a> {
+    index: usize,
+    job: &'a BackfillJob,
+    config: &'a BackfillConfig,
+    metrics: &'a Metrics,
+    labels: NodeLabels,
+    sink: &'a dyn ChunkSink,
+    cancel: &'a CancellationToken,
+    progress: &'a ProgressBar,
+    report: JobReport,
+}
+
+impl JobRun<'_> {
+    /// Fetches `range` as `ask` says (retrying transient failures with backoff and
+    /// jitter), hands the rows to the sink as covering `marked`, and accounts for them.
+    async fn load(
+        &mut self,
+        (start, end): (Timestamp, Timestamp),
+        ask: Ask,
+        marked: (Timestamp, Timestamp),
+    ) -> Step {
+        let job = self.job;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_delay)
+            .with_max_delay(self.config.max_delay)
+            .with_max_times(self.config.max_retries)
+            .with_jitter();
+        let timeout = self.config.request_timeout;
+        let mut attempt = 1u64;
+        let (report, metrics, labels) = (&mut self.report, self.metrics, &self.labels);
+        let fetched = (|| fetch(job, (start, end), ask, timeout))
+            .retry(backoff)
+            .when(ChunkError::is_retryable)
+            .notify(|error, delay| {
+                report.retries += 1;
+                metrics.retry_total.get_or_create(labels).inc();
+                tracing::warn!(
+                    node_id = %job.node_id, interval = job.interval.secs(), start, end,
+                    attempt, ask = ?ask, delay_ms = delay.as_millis() as u64,
+                    error = %error, "backfill.retry"
+                );
+                attempt += 1;
+            });
+        let outcome = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            r = fetched => Some(r),
+        };
+
+        // Hand the rows over, or end the job.
+        let result = match outcome {
+            None => {
+                self.report.status = JobStatus::Cancelled;
+                tracing::info!(node_id = %job.node_id, interval = job.interval.secs(),
+                    rows = self.report.rows, "backfill.cancelled");
+                return Step::Stop;
+            }
+            Some(Ok(None)) => return Step::Unsupported,
+            Some(Ok(Some(rows))) => {
+                let (n, first, last) = (rows.len() as u64, rows.ts.first(), rows.ts.last());
+                let (first, last) = (first.copied(), last.copied());
+                self.sink
+                    .accept(self.index, marked.0, marked.1, rows)
+                    .map(|()| (n, first, last))
+                    .map_err(ChunkError::from)
+            }
+            Some(Err(error)) => Err(error),
+        };
+        match result {
+            Ok((rows, first, last)) => {
+                let report = &mut self.report;
+                report.rows += rows;
+                report.first_ts = report.first_ts.or(first);
+                if let Some(last) = last {
+                    report.last_ts = Some(last);
+                    self.metrics
+                        .last_timestamp
+                        .get_or_create(&self.labels)
+                        .set(last);
+                }
+                self.metrics
+                    .rows_total
+                    .get_or_create(&self.labels)
+                    .inc_by(rows);
+                self.progress.inc(marked.1.saturating_sub(marked.0) as u64);
+                Step::Loaded
+            }
+            Err(error) => {
+                let what = match ask {
+                    Ask::Range => format!("[{start}, {end})"),
+                    Ask::Newest(n) => format!("newest {n} of [{start}, {end})"),
+                };
+                self.report.status = JobStatus::Failed;
+                self.report.error = Some(format!("{what}: {error}"));
+                self.metrics.failure_total.get_or_create(&self.labels).inc();
+                tracing::error!(
+                    node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
+                    start, end, attempt, rows = self.report.rows, error = %error,
+                    "backfill.failed"
+                );
+                Step::Stop
+            }
+        }
     }
 }
 
@@ -384,73 +507,25 @@ async fn run_job(
     }
 
     // A warm-up-only job fetches just its newest rows when the loader can select them.
+    let mut run = JobRun {
+        index,
+        job,
+        config,
+        metrics,
+        labels: labels.clone(),
+        sink,
+        cancel,
+        progress,
+        report,
+    };
     let mut chunk_start = lo;
     if let Some(count) = job.newest.filter(|_| lo < hi) {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(config.min_delay)
-            .with_max_delay(config.max_delay)
-            .with_max_times(config.max_retries)
-            .with_jitter();
-        let fetched = (|| fetch_newest(job, (lo, hi), count, config.request_timeout))
-            .retry(backoff)
-            .when(ChunkError::is_retryable)
-            .notify(|error, delay| {
-                report.retries += 1;
-                metrics.retry_total.get_or_create(&labels).inc();
-                tracing::warn!(
-                    node_id = %job.node_id, interval = job.interval.secs(), start = lo, end = hi,
-                    newest = count, delay_ms = delay.as_millis() as u64, error = %error,
-                    "backfill.retry"
-                );
-            });
-        let outcome = tokio::select! {
-            biased;
-            () = cancel.cancelled() => None,
-            r = fetched => Some(r),
-        };
-        let result = match outcome {
-            None => {
-                report.status = JobStatus::Cancelled;
-                tracing::info!(node_id = %job.node_id, interval = job.interval.secs(),
-                    rows = report.rows, "backfill.cancelled");
-                chunk_start = hi;
-                Ok(None)
-            }
-            Some(Ok(Some(rows))) => {
-                let (n, first, last) = (rows.len() as u64, rows.ts.first(), rows.ts.last());
-                let (first, last) = (first.copied(), last.copied());
-                sink.accept(index, job.start, job.end, rows)
-                    .map(|()| Some((n, first, last)))
-                    .map_err(ChunkError::from)
-            }
-            Some(Ok(None)) => Ok(None),
-            Some(Err(error)) => Err(error),
-        };
-        match result {
-            Ok(Some((rows, first, last))) => {
-                report.rows = rows;
-                report.first_ts = first;
-                if let Some(last) = last {
-                    report.last_ts = Some(last);
-                    metrics.last_timestamp.get_or_create(&labels).set(last);
-                }
-                metrics.rows_total.get_or_create(&labels).inc_by(rows);
-                progress.inc(job.end.saturating_sub(job.start) as u64);
-                tracing::debug!(node_id = %job.node_id, interval = job.interval.secs(),
-                    newest = count, rows, "backfill.newest_loaded");
-                chunk_start = hi;
-            }
-            Ok(None) => {}
-            Err(error) => {
-                report.status = JobStatus::Failed;
-                report.error = Some(format!("newest {count} of [{lo}, {hi}): {error}"));
-                metrics.failure_total.get_or_create(&labels).inc();
-                tracing::error!(
-                    node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
-                    start = lo, end = hi, newest = count, error = %error, "backfill.failed"
-                );
-                chunk_start = hi;
-            }
+        match run
+            .load((lo, hi), Ask::Newest(count), (job.start, job.end))
+            .await
+        {
+            Step::Loaded | Step::Stop => chunk_start = hi,
+            Step::Unsupported => {}
         }
     }
 
@@ -469,73 +544,13 @@ async fn run_job(
             chunk_start
         };
         let mark_end = if chunk_end == hi { job.end } else { chunk_end };
-
-        // Fetch the chunk, retrying transient failures with backoff.
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(config.min_delay)
-            .with_max_delay(config.max_delay)
-            .with_max_times(config.max_retries)
-            .with_jitter();
-        let mut attempt = 1u64;
-        let fetched = (|| fetch_chunk(job, chunk_start, chunk_end, config.request_timeout))
-            .retry(backoff)
-            .when(ChunkError::is_retryable)
-            .notify(|error, delay| {
-                report.retries += 1;
-                metrics.retry_total.get_or_create(&labels).inc();
-                tracing::warn!(
-                    node_id = %job.node_id, interval = job.interval.secs(), start = chunk_start,
-                    end = chunk_end, attempt, delay_ms = delay.as_millis() as u64,
-                    error = %error, "backfill.retry"
-                );
-                attempt += 1;
-            });
-        let outcome = tokio::select! {
-            biased;
-            () = cancel.cancelled() => None,
-            r = fetched => Some(r),
-        };
-
-        // Hand the rows over, or end the job.
-        let result = match outcome {
-            None => {
-                report.status = JobStatus::Cancelled;
-                tracing::info!(node_id = %job.node_id, interval = job.interval.secs(),
-                    rows = report.rows, "backfill.cancelled");
-                break;
-            }
-            Some(r) => r.and_then(|rows| {
-                let (n, first, last) = (rows.len() as u64, rows.ts.first(), rows.ts.last());
-                let (first, last) = (first.copied(), last.copied());
-                sink.accept(index, mark_start, mark_end, rows)?;
-                Ok((n, first, last))
-            }),
-        };
-        match result {
-            Ok((rows, first, last)) => {
-                report.rows += rows;
-                report.first_ts = report.first_ts.or(first);
-                if let Some(last) = last {
-                    report.last_ts = Some(last);
-                    metrics.last_timestamp.get_or_create(&labels).set(last);
-                }
-                metrics.rows_total.get_or_create(&labels).inc_by(rows);
-                progress.inc((mark_end - mark_start) as u64);
-            }
-            Err(error) => {
-                report.status = JobStatus::Failed;
-                report.error = Some(format!("[{chunk_start}, {chunk_end}): {error}"));
-                metrics.failure_total.get_or_create(&labels).inc();
-                tracing::error!(
-                    node_id = %job.node_id, name = %job.name, interval = job.interval.secs(),
-                    start = chunk_start, end = chunk_end, attempt, rows = report.rows,
-                    error = %error, "backfill.failed"
-                );
-                break;
-            }
+        let marked = (mark_start, mark_end);
+        if let Step::Stop = run.load((chunk_start, chunk_end), Ask::Range, marked).await {
+            break;
         }
         chunk_start = chunk_end;
     }
+    let mut report = run.report;
 
     metrics
         .duration_seconds
