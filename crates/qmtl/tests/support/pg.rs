@@ -12,6 +12,9 @@
 //! (highest version first), then `PATH`. Without them every test that asks for a server
 //! fails with the command that installs them.
 //!
+//! Fault tests that stop and start a server get their own with [`private`], so that the
+//! shared one stays up for the other tests of the binary.
+//!
 //! Include it with `#[path = "support/pg.rs"] mod pg;`.
 
 #![allow(dead_code)]
@@ -38,6 +41,7 @@ pub struct Server {
     /// Data, socket and log directory.
     pub dir: PathBuf,
     bin: PathBuf,
+    root: bool,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -49,6 +53,15 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 /// start (the message holds its log).
 pub fn server() -> &'static Server {
     SERVER.get_or_init(start)
+}
+
+/// A server of its own for a test that stops, starts or restarts it. It is stopped and
+/// removed when the test binary exits, like the shared one.
+///
+/// # Panics
+/// As [`server`].
+pub fn private() -> Server {
+    start()
 }
 
 impl Server {
@@ -85,6 +98,41 @@ impl Server {
     /// The directory holding psql and the server binaries.
     pub fn bin(&self) -> &Path {
         &self.bin
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`): open sessions are cut and
+    /// the port is closed until [`Server::start`].
+    ///
+    /// # Panics
+    /// When pg_ctl fails.
+    #[track_caller]
+    pub fn stop(&self) {
+        let mut pg_ctl = as_server_user(self.root, &self.bin.join("pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "stop", "-m", "immediate"]);
+        run(pg_ctl, "pg_ctl stop");
+    }
+
+    /// Starts a stopped server again on the same port.
+    ///
+    /// # Panics
+    /// When it does not start (the message holds its log).
+    #[track_caller]
+    pub fn start(&self) {
+        assert!(
+            launch(self.root, &self.bin, &self.dir, self.port),
+            "PostgreSQL did not start again: {}",
+            fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops and starts the server.
+    #[track_caller]
+    pub fn restart(&self) {
+        self.stop();
+        self.start();
     }
 }
 
@@ -199,22 +247,7 @@ fn start() -> Server {
     let mut port = 0;
     for attempt in 0..3 {
         port = closed_port();
-        let mut pg_ctl = as_server_user(root, &bin.join("pg_ctl"));
-        pg_ctl
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-t", "60", "-o"])
-            .arg(format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} \
-                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-                dir.display()
-            ))
-            .arg("start")
-            .stdin(Stdio::null());
-        let out = pg_ctl.output().expect("run pg_ctl");
-        if out.status.success() {
+        if launch(root, &bin, &dir, port) {
             break;
         }
         let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
@@ -227,6 +260,7 @@ fn start() -> Server {
         password,
         dir,
         bin,
+        root,
     };
     let mut createdb = Command::new(server.bin.join("psql"));
     createdb
@@ -245,6 +279,25 @@ fn start() -> Server {
         .args(["-c", &format!("CREATE DATABASE {DB}")]);
     run(createdb, "create the test database");
     server
+}
+
+/// Starts the cluster in `dir` on `port`; false when pg_ctl fails (the log says why).
+fn launch(root: bool, bin: &Path, dir: &Path, port: u16) -> bool {
+    let mut pg_ctl = as_server_user(root, &bin.join("pg_ctl"));
+    pg_ctl
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .args(["-w", "-t", "60", "-o"])
+        .arg(format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            dir.display()
+        ))
+        .arg("start")
+        .stdin(Stdio::null());
+    pg_ctl.output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Stops the server and removes its directory once this process has exited.
