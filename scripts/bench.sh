@@ -94,7 +94,8 @@ field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 loader_q=$("$bench" loader questdb "$dsn" bench_one "$ONE")
 loader_p=$("$bench" loader postgres "$dsn" bench_one "$ONE")
 backfill=$("$bench" backfill "$dsn" bench_one "$ONE")
-concurrency=$("$bench" concurrency "$dsn" bench_ten "$TEN")
+concurrency=$("$bench" concurrency postgres "$dsn" bench_ten "$TEN")
+concurrency_q=$("$bench" concurrency questdb "$dsn" bench_ten "$TEN")
 warm_one=$("$bench" warmup "$dsn" bench_one "$ONE" one)
 warm_big=$("$bench" warmup "$dsn" bench_big "$BIG" big)
 replay_sma=$("$replay" sma "$ONE")
@@ -110,7 +111,7 @@ python3 - "$json" <<EOF
 import json, sys
 
 copy_one, copy_two = $copy_one, $copy_two
-lq, lp, bf, cc = $loader_q, $loader_p, $backfill, $concurrency
+lq, lp, bf, cc, ccq = $loader_q, $loader_p, $backfill, $concurrency, $concurrency_q
 w1, w10 = $warm_one, $warm_big
 rs, rm = $replay_sma, $replay_momentum
 raw_mb = $ONE * 6 * 8 / 1e6
@@ -131,6 +132,8 @@ r = ratio(bf["seconds"], copy_one)
 add("backfill_1m", bf["seconds"], "s", copy_one, "<= 1.3x COPY", r <= 1.3, r)
 r = ratio(cc["seconds"], copy_two)
 add("concurrency_10x100k", cc["seconds"], "s", copy_two, "<= 1.2x two COPYs", r <= 1.2, r)
+r = ratio(ccq["seconds"], copy_two)
+add("concurrency_questdb_10x100k", ccq["seconds"], "s", copy_two, "report only", None, r)
 add("warmup_ready_1m_range", w1["seconds"] * 1e3, "ms", None, "<= 50 ms",
     w1["seconds"] * 1e3 <= 50, None)
 r = ratio(w10["seconds"], w1["seconds"])
@@ -144,6 +147,9 @@ add("replay_allocations_per_event", $allocations, "allocations", None,
     "0 (tests/no_alloc.rs)", $allocations == 0, None)
 r = ratio(bf["peak_rss_mb"], raw_mb)
 add("backfill_peak_rss", bf["peak_rss_mb"], "MB", raw_mb, "<= 2x raw (48 MB)", r <= 2.0, r)
+r = ratio(bf["peak_rss_all_repeats_mb"], raw_mb)
+add("backfill_peak_rss_3_repeats", bf["peak_rss_all_repeats_mb"], "MB", raw_mb, "report only",
+    None, r)
 
 def fmt(v):
     if v is None: return "-"

@@ -8,6 +8,10 @@
 //! store spec, an empty token (which would protect nothing, so it is refused rather than
 //! taken to mean "no token") and a PostgreSQL store that refuses the DSN's user or
 //! password are usage errors (exit code 2); a store that cannot be reached exits 1.
+//!
+//! `--lease-secs N` (default 30) is how long a registration lives without a heartbeat
+//! from its run; a run killed without ending its registration stops blocking the same
+//! DAG that long after its last heartbeat.
 
 use std::fmt;
 use std::io::Write as _;
@@ -37,6 +41,16 @@ pub(crate) struct GatewayArgs {
     /// QMTL_GATEWAY_TOKEN, which keeps the token out of the process list).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Seconds a registration lives without a heartbeat from its run (runs renew it
+    /// every third of this); a killed run's registration ends this long after its last
+    /// heartbeat.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    lease_secs: u64,
 }
 
 impl fmt::Debug for GatewayArgs {
@@ -47,6 +61,7 @@ impl fmt::Debug for GatewayArgs {
             .field("listen", &self.listen)
             .field("store", &store)
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("lease_secs", &self.lease_secs)
             .finish()
     }
 }
@@ -107,7 +122,8 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     }
     let config = GatewayConfig::new(store.clone())
         .listen(args.listen)
-        .token(token.clone());
+        .token(token.clone())
+        .lease(std::time::Duration::from_secs(args.lease_secs));
 
     // Serve until SIGINT or SIGTERM.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -125,13 +141,14 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         };
         println!(
-            "gateway listening on http://{} (store {store}, token {})",
+            "gateway listening on http://{} (store {store}, token {}, lease {} s)",
             gateway.local_addr(),
             if token.is_some() {
                 "required"
             } else {
                 "not required"
-            }
+            },
+            args.lease_secs
         );
         let _ = std::io::stdout().flush();
 

@@ -179,14 +179,22 @@ struct RunArgs {
     /// Write the run report as JSON.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
-    /// Retries per chunk after the first attempt.
+    /// Retries after the first attempt, per chunk and for opening each source (backoff
+    /// from 100 ms doubling to 5 s).
     #[arg(long, default_value_t = 3)]
     max_retries: usize,
     /// Backfill jobs at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
-    /// Seconds one fetch attempt may take before it is retried.
-    #[arg(long, value_name = "SECS", value_parser = positive_seconds, allow_hyphen_values = true)]
+    /// Seconds one attempt (a fetch, or connecting to a database source and checking its
+    /// table) may take before it counts as failed and is retried.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "60",
+        value_parser = positive_seconds,
+        allow_hyphen_values = true
+    )]
     request_timeout: Option<Duration>,
     /// Count compute functions' cache reads (cache_read_total).
     #[arg(long)]
@@ -476,7 +484,16 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
     let signals = CancelOnSignal::install();
     let runner = runner.cancel_token(signals.token());
 
-    let report = runner.run().await?;
+    let report = match runner.run().await {
+        // A dryrun or live run stopped before its sources opened ends as any stop does.
+        Err(error @ RunError::StoppedWhileOpening { .. })
+            if matches!(mode, Mode::Dryrun | Mode::Live) =>
+        {
+            eprintln!("{error}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        result => result?,
+    };
     print_summary(&report);
     if let Some(path) = &args.report_json {
         println!("report written to {}", path.display());

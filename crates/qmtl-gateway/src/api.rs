@@ -1,16 +1,30 @@
 //! The HTTP API: routes, handlers, the bearer-token check and request metrics.
 //!
-//! - `POST /strategies`: 202 `{"strategy_id","queue_map"}`; 409 when the same DAG is
-//!   active; 422 for a bad field; 400 for a body that is not UTF-8; 413 for a body above
-//!   the limit.
+//! - `POST /strategies`: 202 `{"strategy_id","queue_map","lease_secs"}`; 409 when the
+//!   same DAG is active; 422 for a bad field; 400 for a body that is not UTF-8; 413 for
+//!   a body above the limit. With an `Idempotency-Key: KEY` header (1 to 128 visible
+//!   ASCII characters, one per run), a repeat with the same key and DAG answers the
+//!   original 202 (same id and queue map, lease renewed) while that strategy is active,
+//!   so a client may resend a registration whose answer it lost; the same key with
+//!   another DAG is 422 (field `Idempotency-Key`), with an ended strategy 410.
+//! - `POST /strategies/{id}/heartbeat`: renews the lease, 200
+//!   `{"strategy_id","status":"active","lease_secs"}`; 410 when the strategy has ended
+//!   (deleted, or its lease lapsed: a lapsed lease is never revived); 404.
 //! - `GET /strategies/{id}`: 200 the stored record with its queue map; 404.
 //! - `GET /strategies/{id}/status`: 200 `{"status"}` (`active` or `ended`); 404.
 //! - `DELETE /strategies/{id}`: 200 `{"strategy_id","status":"ended"}`; 404.
+//! - `DELETE /strategies?idempotency_key=KEY`: ends the strategy registered with that
+//!   key, for a client that gave up without learning the id; 200 as above; 404.
 //! - `GET /queues/by_tag?tags=a,b&interval=60[&match=any|all]`: 200 `{"queues"}`; 422.
 //!   `tags` is one comma-separated list, blanks around each tag trimmed; that is why a
 //!   registered tag may not contain a comma or start or end with a blank.
 //! - `GET /status`: 200 health with the store's state; 503 when the store fails.
 //! - `GET /metrics`: 200 Prometheus text.
+//!
+//! Every registration holds a lease of the gateway's lease time (default 30 s), renewed
+//! by heartbeats. A strategy whose lease passes is ended: every handler first ends the
+//! lapsed ones, so a lapsed strategy no longer conflicts with the same DAG, is not in
+//! queue maps or tag queries, and reads as `ended`.
 //!
 //! Every error answer is JSON: `{"detail": message, "field": path}` (`field` only when
 //! one field is at fault). With a token configured, every route answers 401 without
@@ -19,7 +33,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -38,7 +52,13 @@ use crate::auth::Token;
 use crate::metrics::{GatewayMetrics, RequestLabels, RouteLabels, RunTypeLabels};
 use crate::payload::{is_tag_query, parse_registration, Registration};
 use crate::queue::{parse_match, split_tags};
-use crate::store::{NewStrategy, NodeRow, Status, Store, StoreError, TagQuery};
+use crate::store::{NewStrategy, NodeRow, Renewal, Status, Store, StoreError, TagQuery};
+
+/// The request header that makes a registration safe to resend.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The longest accepted idempotency key, in bytes.
+const MAX_KEY_BYTES: usize = 128;
 
 /// What the handlers share.
 pub(crate) struct AppState {
@@ -48,14 +68,16 @@ pub(crate) struct AppState {
     pub token: Option<Token>,
     pub body_limit: usize,
     pub sequence: AtomicU64,
+    pub lease: Duration,
 }
 
 /// The gateway's router over `state`.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let limit = state.body_limit;
     Router::new()
-        .route("/strategies", post(register))
+        .route("/strategies", post(register).delete(end_by_key))
         .route("/strategies/{id}", get(strategy).delete(end))
+        .route("/strategies/{id}/heartbeat", post(heartbeat))
         .route("/strategies/{id}/status", get(status))
         .route("/queues/by_tag", get(queues_by_tag))
         .route("/status", get(health))
@@ -89,9 +111,60 @@ fn store_failure(op: &'static str, error: &StoreError) -> Response {
 }
 
 fn now_secs() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Ends the strategies whose lease has passed, before a handler reads the store. A
+/// failure is answered like any store failure.
+async fn expire_leases(state: &AppState) -> Result<(), Response> {
+    match state.store.expire(now_ms()).await {
+        Ok(ended) => {
+            count_expired(state, ended);
+            Ok(())
+        }
+        Err(e) => Err(store_failure("expire leases", &e)),
+    }
+}
+
+/// Counts and logs strategies ended because their lease passed.
+fn count_expired(state: &AppState, ended: u64) {
+    if ended > 0 {
+        state.metrics.leases_expired.inc_by(ended);
+        tracing::info!(ended, "strategy.lease_expired");
+    }
+}
+
+/// The lease in seconds, as answered.
+fn lease_secs(state: &AppState) -> f64 {
+    state.lease.as_secs_f64()
+}
+
+/// The `Idempotency-Key` header: absent, a valid key, or `Err` for a malformed one
+/// (answered with [`bad_key`]).
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ()> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(());
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
+/// The answer to a malformed `Idempotency-Key` header.
+fn bad_key() -> Response {
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("Idempotency-Key".into()),
+        format!("the Idempotency-Key header must be 1 to {MAX_KEY_BYTES} visible ASCII characters"),
+    )
 }
 
 async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -153,8 +226,13 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 
 async fn register(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let Ok(key) = idempotency_key(&headers) else {
+        return bad_key();
+    };
+
     // Read the body within the size limit.
     let body = match body {
         Ok(body) => body,
@@ -202,12 +280,30 @@ async fn register(
 
     // Store it and answer with its queue map.
     let sequence = state.sequence.fetch_add(1, Ordering::Relaxed);
-    let new = new_strategy(&registration, sequence);
-    let strategy_id = new.strategy_id.clone();
+    let mut new = new_strategy(&registration, sequence);
+    new.idempotency_key = key;
+    new.lease_expires_ms = Some(new.now_ms.saturating_add(state.lease.as_millis() as i64));
     let nodes = new.nodes.len();
     let run_type = registration.run_type.as_str();
-    match state.store.register(new).await {
-        Ok(queue_map) => {
+    let stored = state.store.register(new).await;
+    if let Ok(stored) = &stored {
+        count_expired(&state, stored.expired);
+    }
+    match stored {
+        Ok(stored) if stored.repeated => {
+            tracing::info!(
+                strategy_id = %stored.strategy_id, run_type, "strategy.registration_repeated"
+            );
+            let body = json!({
+                "strategy_id": stored.strategy_id,
+                "queue_map": stored.queue_map,
+                "lease_secs": lease_secs(&state),
+            });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Ok(stored) => {
+            let strategy_id = stored.strategy_id;
+            let queue_map = stored.queue_map;
             state
                 .metrics
                 .registered
@@ -222,9 +318,19 @@ async fn register(
                 queues = queue_map.len(),
                 "strategy.registered"
             );
-            let body = json!({ "strategy_id": strategy_id, "queue_map": queue_map });
+            let body = json!({
+                "strategy_id": strategy_id,
+                "queue_map": queue_map,
+                "lease_secs": lease_secs(&state),
+            });
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
+        Err(e @ StoreError::KeyReused { .. }) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("Idempotency-Key".into()),
+            e.to_string(),
+        ),
+        Err(e @ StoreError::KeyEnded { .. }) => problem(StatusCode::GONE, None, e.to_string()),
         Err(e) => match e.conflicting_strategy() {
             Some(existing) => {
                 let body = json!({
@@ -247,6 +353,7 @@ fn new_strategy(r: &Registration, sequence: u64) -> NewStrategy {
         .map_or(0, |d| d.as_nanos());
     let seed = format!("{}:{nanos}:{sequence}:{}", r.dag_hash, std::process::id());
     let strategy_id = sha256_hex(seed.as_bytes())[..32].to_owned();
+    let now_ms = nanos.div_euclid(1_000_000) as i64;
     let nodes = r
         .dag
         .nodes
@@ -280,7 +387,10 @@ fn new_strategy(r: &Registration, sequence: u64) -> NewStrategy {
             .as_ref()
             .map(|m| Value::Object(m.clone()).to_string()),
         run_type: r.run_type.as_str(),
-        created_at: now_secs(),
+        created_at: now_ms.div_euclid(1000),
+        now_ms,
+        idempotency_key: None,
+        lease_expires_ms: None,
         nodes,
         tag_queries,
     }
@@ -295,6 +405,9 @@ fn unknown_strategy(id: &str) -> Response {
 }
 
 async fn strategy(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if let Err(failure) = expire_leases(&state).await {
+        return failure;
+    }
     match state.store.strategy(&id).await {
         Ok(Some(r)) => Json(json!({
             "strategy_id": r.strategy_id,
@@ -311,6 +424,9 @@ async fn strategy(State(state): State<Arc<AppState>>, Path(id): Path<String>) ->
 }
 
 async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if let Err(failure) = expire_leases(&state).await {
+        return failure;
+    }
     match state.store.strategy(&id).await {
         Ok(Some(r)) => Json(json!({ "status": r.status.as_str() })).into_response(),
         Ok(None) => unknown_strategy(&id),
@@ -326,6 +442,68 @@ async fn end(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Resp
         }
         Ok(false) => unknown_strategy(&id),
         Err(e) => store_failure("end strategy", &e),
+    }
+}
+
+async fn heartbeat(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if let Err(failure) = expire_leases(&state).await {
+        return failure;
+    }
+    let now = now_ms();
+    let until = now.saturating_add(state.lease.as_millis() as i64);
+    match state.store.renew(&id, now, until).await {
+        Ok(Renewal::Renewed) => {
+            tracing::debug!(strategy_id = %id, "strategy.lease_renewed");
+            Json(json!({
+                "strategy_id": id,
+                "status": Status::Active.as_str(),
+                "lease_secs": lease_secs(&state),
+            }))
+            .into_response()
+        }
+        Ok(Renewal::Ended) => {
+            let body = json!({
+                "detail": format!(
+                    "strategy {id} has ended (deleted, or its lease lapsed without a \
+                     heartbeat); register again"
+                ),
+                "strategy_id": id,
+                "status": Status::Ended.as_str(),
+            });
+            (StatusCode::GONE, Json(body)).into_response()
+        }
+        Ok(Renewal::Unknown) => unknown_strategy(&id),
+        Err(e) => store_failure("renew lease", &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ByKey {
+    idempotency_key: Option<String>,
+}
+
+async fn end_by_key(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ByKey>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(key) = query.ok().and_then(|Query(q)| q.idempotency_key) else {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("idempotency_key".into()),
+            "query parameter idempotency_key is required (or DELETE /strategies/{id})",
+        );
+    };
+    match state.store.end_by_key(&key, now_secs()).await {
+        Ok(Some(id)) => {
+            tracing::info!(strategy_id = %id, "strategy.ended");
+            Json(json!({ "strategy_id": id, "status": Status::Ended.as_str() })).into_response()
+        }
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            None,
+            "no strategy was registered with this idempotency key",
+        ),
+        Err(e) => store_failure("end strategy by key", &e),
     }
 }
 
@@ -376,6 +554,9 @@ async fn queues_by_tag(
             }
         },
     };
+    if let Err(failure) = expire_leases(&state).await {
+        return failure;
+    }
     match state.store.queues_by_tag(tags, interval, mode).await {
         Ok(queues) => Json(json!({ "queues": queues })).into_response(),
         Err(e) => store_failure("queues by tag", &e),
@@ -384,7 +565,14 @@ async fn queues_by_tag(
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let kind = state.store_kind;
-    match state.store.active_count().await {
+    let active = match state.store.expire(now_ms()).await {
+        Ok(ended) => {
+            count_expired(&state, ended);
+            state.store.active_count().await
+        }
+        Err(e) => Err(e),
+    };
+    match active {
         Ok(active) => {
             state.metrics.store_up.set(1);
             state.metrics.active.set(active);
@@ -410,7 +598,14 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.active_count().await {
+    let active = match state.store.expire(now_ms()).await {
+        Ok(ended) => {
+            count_expired(&state, ended);
+            state.store.active_count().await
+        }
+        Err(e) => Err(e),
+    };
+    match active {
         Ok(active) => {
             state.metrics.store_up.set(1);
             state.metrics.active.set(active);

@@ -8,7 +8,9 @@
 //! computes, the queue its outputs go to, and for each tag query node the queues whose
 //! tags and interval match. A queue is named by its node id (see [`queue`]). State lives
 //! in a [`store`]: an embedded SQLite file by default, or PostgreSQL when gateways share
-//! it; either survives restarts.
+//! it; either survives restarts. A registration holds a lease that its client renews
+//! with heartbeats; one whose client stopped renewing it ends by itself, and a resent
+//! registration carrying the same idempotency key gets the original answer back.
 //!
 //! The routes and their answers are listed in [`api`]; payload checks in [`payload`].
 //! Start a gateway with [`serve`]:
@@ -40,5 +42,7 @@ pub mod store;
 
 pub use auth::Token;
 pub use payload::{DEFAULT_MAX_BODY_BYTES, MAX_NODES};
-pub use server::{serve, Gateway, GatewayConfig, GatewayError, ShutdownHandle, DEFAULT_LISTEN};
+pub use server::{
+    serve, Gateway, GatewayConfig, GatewayError, ShutdownHandle, DEFAULT_LEASE, DEFAULT_LISTEN,
+};
 pub use store::{StoreError, StoreSpec, DEFAULT_STORE};

@@ -8,6 +8,8 @@
 //! - `gateway_strategies_active`: active strategies in the store, read at each scrape
 //!   (the store may be shared with other gateways).
 //! - `gateway_store_up`: 1 when the store answered the last health or scrape query.
+//! - `gateway_leases_expired_total`: strategies this gateway ended because their lease
+//!   passed without a heartbeat.
 //!
 //! No label ever carries a token, a DSN or a strategy's content.
 
@@ -63,6 +65,8 @@ pub struct GatewayMetrics {
     pub active: Gauge,
     /// Whether the store answered.
     pub store_up: Gauge,
+    /// Strategies ended because their lease passed.
+    pub leases_expired: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -80,6 +84,7 @@ impl GatewayMetrics {
         let registered = Family::<RunTypeLabels, Counter>::default();
         let active = Gauge::default();
         let store_up = Gauge::default();
+        let leases_expired = Counter::default();
         // prometheus-client appends `_total` to counter names when encoding.
         registry.register(
             "gateway_http_requests",
@@ -106,6 +111,11 @@ impl GatewayMetrics {
             "1 when the store answered the last query",
             store_up.clone(),
         );
+        registry.register(
+            "gateway_leases_expired",
+            "Strategies ended because their lease passed without a heartbeat",
+            leases_expired.clone(),
+        );
         GatewayMetrics {
             registry,
             requests,
@@ -113,6 +123,7 @@ impl GatewayMetrics {
             registered,
             active,
             store_up,
+            leases_expired,
         }
     }
 

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,6 +25,9 @@ use crate::store::{Store, StoreError, StoreSpec};
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 
+/// The default lease: a registration not renewed by a heartbeat within this long ends.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// How to run a gateway.
 #[must_use]
 #[derive(Debug, Clone)]
@@ -32,18 +36,37 @@ pub struct GatewayConfig {
     store: StoreSpec,
     token: Option<Token>,
     body_limit: usize,
+    lease: Duration,
 }
 
 impl GatewayConfig {
     /// A gateway on [`DEFAULT_LISTEN`] keeping its state in `store`, without a token,
-    /// with the default body limit ([`DEFAULT_MAX_BODY_BYTES`]).
+    /// with the default body limit ([`DEFAULT_MAX_BODY_BYTES`]) and lease
+    /// ([`DEFAULT_LEASE`]).
     pub fn new(store: StoreSpec) -> Self {
         GatewayConfig {
             listen: DEFAULT_LISTEN.parse().expect("a valid constant address"),
             store,
             token: None,
             body_limit: DEFAULT_MAX_BODY_BYTES,
+            lease: DEFAULT_LEASE,
         }
+    }
+
+    /// How long a registration lives without a heartbeat (clients renew it every third
+    /// of this). The expiry time is stored with the strategy, so it holds across
+    /// restarts.
+    ///
+    /// # Panics
+    /// When `lease` is under one millisecond, which no client could keep renewed.
+    #[track_caller]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        assert!(
+            lease >= Duration::from_millis(1),
+            "a gateway lease must be at least 1 ms; use DEFAULT_LEASE for the usual 30 s"
+        );
+        self.lease = lease;
+        self
     }
 
     /// The address to bind (port 0 picks a free port; see [`Gateway::local_addr`]).
@@ -232,6 +255,7 @@ pub async fn serve(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         token: config.token.clone(),
         body_limit: config.body_limit,
         sequence: AtomicU64::new(0),
+        lease: config.lease,
     });
 
     // Serve until stopped.
@@ -243,6 +267,7 @@ pub async fn serve(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         store = %config.store,
         token_required = config.token.is_some(),
         body_limit = config.body_limit,
+        lease_ms = config.lease.as_millis() as u64,
         "gateway.listening"
     );
     let task = tokio::spawn(async move {

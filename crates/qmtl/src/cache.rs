@@ -98,7 +98,10 @@ impl Ring {
 
     fn push(&mut self, bucket: Timestamp, values: &[f64]) {
         self.write_slot(self.next, bucket, values);
-        self.next = (self.next + 1) % self.period;
+        self.next += 1;
+        if self.next == self.period {
+            self.next = 0;
+        }
         if self.len < self.period {
             self.len += 1;
         }
@@ -114,6 +117,15 @@ impl Ring {
 
     /// Appends a live value at `ts` (bucketed here) following the rules in the module docs.
     pub fn append(&mut self, ts: Timestamp, values: &[f64]) -> Appended {
+        // The common case, the bucket right after the last one, needs no division.
+        let step = self.interval.secs_i64();
+        if let Some(next) = self.last.and_then(|last| last.checked_add(step)) {
+            if ts >= next && (ts.wrapping_sub(next) as u64) < step as u64 {
+                self.gap = false;
+                self.push(next, values);
+                return Appended::New { gap: false };
+            }
+        }
         let bucket = self.interval.bucket(ts);
         let outcome = match self.last {
             None => Appended::New { gap: false },
@@ -694,6 +706,34 @@ impl<'a> Window<'a> {
         Some(self.field_at(f))
     }
 
+    /// The sum of the field named `name` (case-insensitive) over the window; see
+    /// [`Window::sum_at`].
+    pub fn sum(&self, name: &str) -> Option<f64> {
+        let f = self.field_index(name)?;
+        Some(self.sum_at(f))
+    }
+
+    /// The mean of the field named `name` (case-insensitive) over the window: NaN for an
+    /// empty window; see [`Window::sum_at`] for how the values are added.
+    pub fn mean(&self, name: &str) -> Option<f64> {
+        let f = self.field_index(name)?;
+        Some(self.sum_at(f) / self.len() as f64)
+    }
+
+    /// The sum of field number `f` over the window, 0 for an empty window.
+    ///
+    /// The values are added in eight interleaved lanes (value `k` into lane `k mod 8`,
+    /// oldest first), then the lanes pairwise. The result depends only on the values in
+    /// the window, so every run that holds the same window gets the same bits, however
+    /// the values arrived; it may differ from a left-to-right sum in the last bits.
+    ///
+    /// # Panics
+    /// When `f` is not below the upstream's field count.
+    #[track_caller]
+    pub fn sum_at(&self, f: usize) -> f64 {
+        lane_sum(self.field_at(f))
+    }
+
     /// The position of field `name` (case-insensitive) in the upstream's schema.
     pub fn field_index(&self, name: &str) -> Option<usize> {
         self.input
@@ -727,6 +767,25 @@ impl<'a> Window<'a> {
         let window = *self;
         (0..self.len()).map(move |index| Entry { window, index })
     }
+}
+
+/// Lanes of [`lane_sum`]: eight independent additions per step keep the adder busy.
+const LANES: usize = 8;
+
+/// Sums `values` in [`LANES`] interleaved lanes, then the lanes pairwise.
+fn lane_sum(values: &[f64]) -> f64 {
+    let mut lanes = [0.0; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    for (lane, v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += v;
+    }
+    let [a, b, c, d, e, f, g, h] = lanes;
+    ((a + b) + (c + d)) + ((e + f) + (g + h))
 }
 
 /// One cached value: a bucket and its payload.

@@ -26,11 +26,14 @@ use crate::metrics::{Metrics, NodeLabels};
 use crate::node::NodeId;
 use crate::time::Timestamp;
 
+/// The per-attempt limit used when none is set.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How the engine fetches and retries.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct BackfillConfig {
-    /// Retries after the first attempt of a chunk (default 3).
+    /// Retries after the first attempt of a chunk, and of opening each source (default 3).
     pub max_retries: usize,
     /// Jobs running at once (default 4).
     pub concurrency: usize,
@@ -40,7 +43,8 @@ pub struct BackfillConfig {
     pub min_delay: Duration,
     /// Largest backoff delay (default 5 s).
     pub max_delay: Duration,
-    /// Limit on one fetch attempt (default none).
+    /// Limit on one attempt (default 60 s): a fetch, or the opening of a source. An
+    /// attempt that runs out is retried like any transient failure. `None`: no limit.
     pub request_timeout: Option<Duration>,
 }
 
@@ -52,7 +56,7 @@ impl Default for BackfillConfig {
             chunk_buckets: 50_000,
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
-            request_timeout: None,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 }

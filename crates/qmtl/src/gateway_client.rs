@@ -7,33 +7,68 @@
 //! another active strategy already computes, the queue its rows are read from
 //! ([`QueueTarget`]). [`GatewayClient::end`] sends `DELETE /strategies/{id}`.
 //!
-//! Retries are limited to what is safe: a request is retried only when the connection
-//! could not be opened (the request never left this process). A request that was sent
-//! and then timed out or lost its connection is not sent again, since the gateway may
-//! already have stored it; the error says so. Plain `http://` only: this build has no
-//! TLS, so put a TLS-terminating proxy in front of a gateway reached over a network.
+//! Every registration carries an `Idempotency-Key` header, new for each call of
+//! [`GatewayClient::register`]; the gateway answers a repeat with the same key with the
+//! original registration instead of a conflict. That makes a registration as safe to
+//! resend as `DELETE` already is, so both are tried up to 4 times (pauses of 150, 300 and
+//! 600 ms) when the gateway could not be reached, did not answer in time, lost the
+//! connection or answered 5xx ([`GatewayError::is_retryable`]). A 4xx answer is final
+//! and never resent. A heartbeat is sent once: the next one is its retry. With
+//! [`GatewayClient::stop_retrying_on`], a cancelled run starts no new attempt. When a
+//! registration fails after it may have reached the gateway (it timed out, lost its
+//! connection, got a 5xx or an answer that is not the API's; not when every connection
+//! was refused or the gateway refused it with a 4xx, which stores nothing), the client
+//! asks the gateway, best effort, to end whatever it stored under the key
+//! (`DELETE /strategies?idempotency_key=KEY`), so no half-registered strategy stays
+//! active; should that fail too, the registration's lease ends it.
+//!
+//! A registration lives as long as its lease (the gateway's `--lease-secs`, answered as
+//! `lease_secs`); [`GatewayClient::keep_alive`] renews it with
+//! `POST /strategies/{id}/heartbeat` every third of the lease while the run lives. A
+//! failed heartbeat is a warning and the next one tries again. When the gateway answers
+//! that the strategy has ended (410, or 404 from a gateway that forgot it), the lease
+//! has lapsed: the heartbeat stops with a warning and the run goes on, but other
+//! strategies no longer see its nodes; it is not registered again, since a new queue
+//! map cannot be applied to a run in progress.
+//!
+//! Each request may take 10 s, or the seconds in `QMTL_GATEWAY_TIMEOUT_SECS`. Plain
+//! `http://` only: this build has no TLS, so put a TLS-terminating proxy in front of a
+//! gateway reached over a network. The token is never shown: an answer that echoes it
+//! is shown with `***` in its place.
 //!
 //! Every answer the gateway gives as an error (`{"detail", "field"}`) becomes a
 //! [`GatewayError`] variant holding the URL and the gateway's words; classify them with
-//! [`GatewayError::is_usage`], never by message text.
+//! [`GatewayError::is_usage`] and [`GatewayError::is_retryable`], never by message text.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use crate::dag::Dag;
-use crate::node::NodeId;
+use crate::node::{sha256_hex, NodeId};
 
-/// Connection attempts for one request (the first and the retries after a refused
-/// connection).
-const CONNECT_ATTEMPTS: u32 = 4;
+/// Attempts for one request (the first and up to three resends).
+const ATTEMPTS: u32 = 4;
 
-/// The first pause between connection attempts; it doubles after each.
+/// The first pause between attempts; it doubles after each.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(150);
 
 /// Longest accepted answer body, in bytes.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The limit on one request unless [`TIMEOUT_ENV`] says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the best-effort end of an abandoned registration may take.
+const ABANDON_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The environment variable holding the limit on one request, in seconds.
+pub const TIMEOUT_ENV: &str = "QMTL_GATEWAY_TIMEOUT_SECS";
+
+/// The header carrying a registration's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// How a strategy registers, as sent in `run_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +115,11 @@ pub struct Registration {
     pub strategy_id: String,
     /// Per node id, where its rows come from (absent: computed locally).
     pub queue_map: HashMap<NodeId, QueueTarget>,
+    /// How long the registration lives without a heartbeat (`None` from a gateway
+    /// without leases).
+    pub lease: Option<Duration>,
+    /// The idempotency key it was sent with.
+    pub idempotency_key: String,
 }
 
 /// Why talking to the gateway failed.
@@ -109,24 +149,28 @@ pub enum GatewayError {
     },
     /// The request was sent but no answer came in time.
     #[error(
-        "gateway {url} did not answer {what} within {after:?}; not retried, since the \
-         gateway may have acted on it"
+        "gateway {url} did not answer {what} within {after:?} ({attempts} attempts); is it \
+         overloaded? (raise the limit with QMTL_GATEWAY_TIMEOUT_SECS)"
     )]
     Timeout {
         /// The gateway's base URL.
         url: String,
         /// The request.
         what: &'static str,
-        /// The time allowed.
+        /// The time allowed per attempt.
         after: Duration,
+        /// Attempts made.
+        attempts: u32,
     },
     /// The connection failed after the request was sent.
-    #[error("gateway {url}: {what} failed after it was sent; not retried: {source}")]
+    #[error("gateway {url}: {what} lost its connection before the answer ({attempts} attempts)")]
     Transport {
         /// The gateway's base URL.
         url: String,
         /// The request.
         what: &'static str,
+        /// Attempts made.
+        attempts: u32,
         /// The cause.
         #[source]
         source: reqwest::Error,
@@ -191,6 +235,17 @@ pub enum GatewayError {
         #[source]
         source: Option<serde_json::Error>,
     },
+    /// A heartbeat found the strategy ended: its lease lapsed or it was deleted.
+    #[error(
+        "gateway {url} no longer holds strategy {strategy_id} as active (its lease lapsed \
+         or it was ended); other strategies no longer see its nodes"
+    )]
+    LeaseLost {
+        /// The gateway's base URL.
+        url: String,
+        /// The strategy.
+        strategy_id: String,
+    },
 }
 
 fn field_text(field: &Option<String>) -> String {
@@ -212,6 +267,30 @@ impl GatewayError {
                 | GatewayError::Rejected { .. }
         )
     }
+
+    /// Whether sending the request again may succeed: no connection, no answer in time,
+    /// a lost connection or a 5xx. Registrations and ends are safe to resend (see the
+    /// module docs); a 4xx or an answer that is not the API's is final.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Unreachable { .. }
+                | GatewayError::Timeout { .. }
+                | GatewayError::Transport { .. }
+                | GatewayError::Server { .. }
+        )
+    }
+
+    /// The same error, counting `attempts` attempts.
+    fn after_attempts(mut self, n: u32) -> Self {
+        if let GatewayError::Unreachable { attempts, .. }
+        | GatewayError::Timeout { attempts, .. }
+        | GatewayError::Transport { attempts, .. } = &mut self
+        {
+            *attempts = n;
+        }
+        self
+    }
 }
 
 /// Talks to one gateway.
@@ -222,16 +301,29 @@ impl GatewayError {
 ///
 /// let client = GatewayClient::new("http://127.0.0.1:8000")?;
 /// let registration = client.register(dag, RunType::DryRun).await?;
+/// let heartbeat = client.keep_alive(&registration);
 /// println!("{} nodes computed elsewhere", registration.queue_map.len());
+/// drop(heartbeat);
 /// client.end(&registration.strategy_id).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayClient {
     url: String,
     http: reqwest::Client,
     token: Option<String>,
     timeout: Duration,
+    stop_retrying: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl std::fmt::Debug for GatewayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayClient")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -246,11 +338,55 @@ struct Accepted {
     strategy_id: String,
     #[serde(default)]
     queue_map: HashMap<String, serde_json::Value>,
+    lease_secs: Option<f64>,
+}
+
+/// Renews a registration's lease while it lives; dropping it stops the renewals.
+#[must_use = "the lease is renewed only while the Heartbeat lives"]
+#[derive(Debug)]
+pub struct Heartbeat {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The request limit from [`TIMEOUT_ENV`], when set to a positive number of seconds.
+fn timeout_from_env() -> Option<Duration> {
+    let text = std::env::var(TIMEOUT_ENV).ok()?;
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.001..=3600.0).contains(&secs) => {
+            Some(Duration::from_secs_f64(secs))
+        }
+        _ => {
+            tracing::warn!(
+                variable = TIMEOUT_ENV, value = %text,
+                default_secs = DEFAULT_TIMEOUT.as_secs(), "gateway.bad_timeout_setting"
+            );
+            None
+        }
+    }
+}
+
+/// A key unique to one registration call: process, time, a counter and the DAG.
+fn new_idempotency_key(dag_hash: &str) -> String {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let seed = format!("{}:{nanos}:{sequence}:{dag_hash}", std::process::id());
+    sha256_hex(seed.as_bytes())[..32].to_owned()
 }
 
 impl GatewayClient {
     /// A client for the gateway at `url` (`http://HOST:PORT`), with a 10 s limit per
-    /// request.
+    /// request, or the seconds in `QMTL_GATEWAY_TIMEOUT_SECS` when set.
     ///
     /// # Errors
     /// [`GatewayError::BadUrl`] for a URL that is not `http://HOST[:PORT]`.
@@ -287,7 +423,7 @@ impl GatewayClient {
                  QMTL_GATEWAY_TOKEN instead",
             ));
         }
-        let timeout = Duration::from_secs(10);
+        let timeout = timeout_from_env().unwrap_or(DEFAULT_TIMEOUT);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()
@@ -298,7 +434,18 @@ impl GatewayClient {
             http,
             token: None,
             timeout,
+            stop_retrying: None,
         })
+    }
+
+    /// Starts no new attempt of a request once `token` is cancelled during it (the
+    /// attempt in flight finishes, and its failure is returned), so a run asked to stop
+    /// is not held up by retries. A token cancelled before the request began does not
+    /// shorten it.
+    #[must_use]
+    pub fn stop_retrying_on(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.stop_retrying = Some(token);
+        self
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request.
@@ -320,12 +467,15 @@ impl GatewayClient {
         &self.url
     }
 
-    /// Registers `dag` with `run_type`.
+    /// Registers `dag` with `run_type`, under a new idempotency key, resending it when
+    /// that is safe (see the module docs).
     ///
     /// # Errors
     /// Any [`GatewayError`]: 401, 409 (with the active strategy's id), 4xx with the
     /// gateway's `detail` and `field`, 5xx, an unreachable gateway, a timeout, or an
-    /// answer that is not the API's.
+    /// answer that is not the API's. Before a failure that came after the request may
+    /// have reached the gateway is returned, the gateway is asked to end whatever it
+    /// stored under the key.
     pub async fn register(
         &self,
         dag: &Dag,
@@ -337,20 +487,43 @@ impl GatewayClient {
             "run_type": run_type.as_str(),
         });
         let body = serde_json::to_vec(&body).expect("the DAG JSON serializes");
+        let key = new_idempotency_key(&sha256_hex(&body));
         let url = format!("{}/strategies", self.url);
-        let (status, bytes) = self
-            .send("POST /strategies", || {
-                self.http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            })
-            .await?;
+        let build = || {
+            self.http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header(IDEMPOTENCY_KEY, &key)
+                .body(body.clone())
+        };
+        let decode = |status, bytes: &[u8]| self.accepted(status, bytes, &key);
+        let (result, reached) = self.send_retrying("POST /strategies", build, decode).await;
+        let registration = match result {
+            Ok(registration) => registration,
+            Err(error) => {
+                // A refusal (4xx) means nothing is stored under the key.
+                if reached && !error.is_usage() {
+                    self.abandon(&key).await;
+                }
+                return Err(error);
+            }
+        };
+        tracing::info!(
+            gateway_url = %self.url, strategy_id = %registration.strategy_id,
+            run_type = run_type.as_str(), queues = registration.queue_map.len(),
+            lease_ms = registration.lease.map(|l| l.as_millis() as u64),
+            "gateway.registered"
+        );
+        Ok(registration)
+    }
+
+    /// Decodes a registration's answer.
+    fn accepted(&self, status: u16, bytes: &[u8], key: &str) -> Result<Registration, GatewayError> {
         if status != 202 && status != 200 && status != 201 {
-            return Err(self.failure(status, &bytes));
+            return Err(self.failure(status, bytes));
         }
         let accepted: Accepted =
-            serde_json::from_slice(&bytes).map_err(|e| self.garbage(status, &bytes, Some(e)))?;
+            serde_json::from_slice(bytes).map_err(|e| self.garbage(status, bytes, Some(e)))?;
         let mut queue_map = HashMap::new();
         for (node, target) in accepted.queue_map {
             let target = match target {
@@ -360,20 +533,52 @@ impl GatewayClient {
                         .into_iter()
                         .map(|v| v.as_str().map(str::to_owned))
                         .collect();
-                    QueueTarget::Queues(queues.ok_or_else(|| self.garbage(status, &bytes, None))?)
+                    QueueTarget::Queues(queues.ok_or_else(|| self.garbage(status, bytes, None))?)
                 }
-                _ => return Err(self.garbage(status, &bytes, None)),
+                _ => return Err(self.garbage(status, bytes, None)),
             };
             queue_map.insert(NodeId::from_hex(node), target);
         }
-        tracing::info!(
-            gateway_url = %self.url, strategy_id = %accepted.strategy_id,
-            run_type = run_type.as_str(), queues = queue_map.len(), "gateway.registered"
-        );
+        let lease = match accepted.lease_secs {
+            None => None,
+            Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+                Some(Duration::from_secs_f64(secs))
+            }
+            Some(_) => return Err(self.garbage(status, bytes, None)),
+        };
         Ok(Registration {
             strategy_id: accepted.strategy_id,
             queue_map,
+            lease,
+            idempotency_key: key.to_owned(),
         })
+    }
+
+    /// Asks the gateway, best effort, to end what it stored under `key`; a failure is
+    /// logged (the lease ends the registration anyway).
+    async fn abandon(&self, key: &str) {
+        let url = format!("{}/strategies?idempotency_key={key}", self.url);
+        let request = self.send_once("DELETE /strategies?idempotency_key", || {
+            self.http.delete(&url)
+        });
+        match tokio::time::timeout(ABANDON_TIMEOUT, request).await {
+            Ok(Ok((200 | 204, _))) => {
+                tracing::info!(gateway_url = %self.url, "gateway.registration_abandoned");
+            }
+            Ok(Ok((404, _))) => {
+                tracing::debug!(gateway_url = %self.url, "gateway.registration_never_stored");
+            }
+            Ok(Ok((status, _))) => tracing::warn!(
+                gateway_url = %self.url, status, "gateway.abandon_failed"
+            ),
+            Ok(Err(error)) => tracing::warn!(
+                gateway_url = %self.url, error = %error, "gateway.abandon_failed"
+            ),
+            Err(_) => tracing::warn!(
+                gateway_url = %self.url, timeout_ms = ABANDON_TIMEOUT.as_millis() as u64,
+                "gateway.abandon_failed"
+            ),
+        }
     }
 
     /// Ends the strategy `strategy_id`, so its nodes are no longer offered to others.
@@ -381,54 +586,149 @@ impl GatewayClient {
     /// # Errors
     /// As [`GatewayClient::register`]; 404 (already unknown) is [`GatewayError::Rejected`].
     pub async fn end(&self, strategy_id: &str) -> Result<(), GatewayError> {
-        let url = format!("{}/strategies/{strategy_id}", self.url);
-        let (status, bytes) = self
-            .send("DELETE /strategies/{id}", || self.http.delete(&url))
-            .await?;
-        if status == 200 || status == 204 {
-            tracing::info!(gateway_url = %self.url, strategy_id, "gateway.ended");
-            return Ok(());
-        }
-        Err(self.failure(status, &bytes))
+        // Ending is what a stopping run does last, so a stop does not cut its retries.
+        let this = GatewayClient {
+            stop_retrying: None,
+            ..self.clone()
+        };
+        let url = format!("{}/strategies/{strategy_id}", this.url);
+        let decode = |status, bytes: &[u8]| match status {
+            200 | 204 => Ok(()),
+            _ => Err(this.failure(status, bytes)),
+        };
+        let (result, _) = this
+            .send_retrying("DELETE /strategies/{id}", || this.http.delete(&url), decode)
+            .await;
+        result?;
+        tracing::info!(gateway_url = %self.url, strategy_id, "gateway.ended");
+        Ok(())
     }
 
-    /// Sends a request, retrying only connections that could not be opened.
-    async fn send(
+    /// Renews the lease of `strategy_id` once (no resend: the next heartbeat is the
+    /// retry).
+    ///
+    /// # Errors
+    /// [`GatewayError::LeaseLost`] when the gateway answers 410 or 404 (the strategy
+    /// ended or is unknown); otherwise as [`GatewayClient::register`].
+    pub async fn heartbeat(&self, strategy_id: &str) -> Result<(), GatewayError> {
+        let url = format!("{}/strategies/{strategy_id}/heartbeat", self.url);
+        let (status, bytes) = self
+            .send_once("POST /strategies/{id}/heartbeat", || self.http.post(&url))
+            .await?;
+        match status {
+            200 | 204 => Ok(()),
+            404 | 410 => Err(GatewayError::LeaseLost {
+                url: self.url.clone(),
+                strategy_id: strategy_id.to_owned(),
+            }),
+            _ => Err(self.failure(status, &bytes)),
+        }
+    }
+
+    /// Starts renewing `registration`'s lease every third of it, until the returned
+    /// [`Heartbeat`] is dropped; nothing to do for a gateway without leases. Must be
+    /// called inside a Tokio runtime.
+    pub fn keep_alive(&self, registration: &Registration) -> Heartbeat {
+        let Some(lease) = registration.lease else {
+            return Heartbeat { task: None };
+        };
+        let every = (lease / 3).max(Duration::from_millis(10));
+        let client = self.clone().timeout(self.timeout.min(every));
+        let id = registration.strategy_id.clone();
+        let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + every;
+            let mut ticks = tokio::time::interval_at(start, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match client.heartbeat(&id).await {
+                    Ok(()) => tracing::trace!(strategy_id = %id, "gateway.heartbeat"),
+                    Err(error @ GatewayError::LeaseLost { .. }) => {
+                        tracing::warn!(
+                            gateway_url = %client.url, strategy_id = %id, error = %error,
+                            "gateway.lease_lost"
+                        );
+                        return;
+                    }
+                    Err(error) => tracing::warn!(
+                        gateway_url = %client.url, strategy_id = %id, error = %error,
+                        "gateway.heartbeat_failed"
+                    ),
+                }
+            }
+        });
+        Heartbeat { task: Some(task) }
+    }
+
+    /// Sends a request up to [`ATTEMPTS`] times while the failure is retryable, and
+    /// decodes the answer with `decode` (whose failures may be retryable too: a 5xx).
+    /// Also returns whether any attempt may have reached the gateway.
+    async fn send_retrying<T>(
+        &self,
+        what: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        decode: impl Fn(u16, &[u8]) -> Result<T, GatewayError>,
+    ) -> (Result<T, GatewayError>, bool) {
+        let stop = self.stop_retrying.as_ref().filter(|t| !t.is_cancelled());
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut reached = false;
+        let mut attempt = 1;
+        loop {
+            let result = match self.send_once(what, &build).await {
+                Ok((status, bytes)) => decode(status, &bytes),
+                Err(error) => Err(error),
+            };
+            let error = match result {
+                Ok(value) => return (Ok(value), reached),
+                Err(error) => error,
+            };
+            reached |= !matches!(error, GatewayError::Unreachable { .. });
+            let stopping = stop.is_some_and(|t| t.is_cancelled());
+            if !error.is_retryable() || attempt >= ATTEMPTS || stopping {
+                return (Err(error.after_attempts(attempt)), reached);
+            }
+            tracing::warn!(
+                gateway_url = %self.url, request = what, attempt,
+                delay_ms = delay.as_millis() as u64, error = %error, "gateway.retry"
+            );
+            match stop {
+                Some(stop) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.cancelled() => {
+                            return (Err(error.after_attempts(attempt)), reached);
+                        }
+                    }
+                }
+                None => tokio::time::sleep(delay).await,
+            }
+            delay *= 2;
+            attempt += 1;
+        }
+    }
+
+    /// Sends a request once and reads its answer.
+    async fn send_once(
         &self,
         what: &'static str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>), GatewayError> {
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
-            let mut request = build().timeout(self.timeout);
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
+        let mut request = build().timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let bytes = self.read_body(what, response).await?;
+                Ok((status, bytes))
             }
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let bytes = self.read_body(what, response).await?;
-                    return Ok((status, bytes));
-                }
-                Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
-                    tracing::warn!(
-                        gateway_url = %self.url, attempt, delay_ms = delay.as_millis() as u64,
-                        error = %e, "gateway.connect_retry"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(e) if e.is_connect() => {
-                    return Err(GatewayError::Unreachable {
-                        url: self.url.clone(),
-                        attempts: attempt,
-                        source: e,
-                    })
-                }
-                Err(e) => return Err(self.transport(what, e)),
-            }
+            Err(e) if e.is_connect() => Err(GatewayError::Unreachable {
+                url: self.url.clone(),
+                attempts: 1,
+                source: e,
+            }),
+            Err(e) => Err(self.transport(what, e)),
         }
     }
 
@@ -458,14 +758,31 @@ impl GatewayClient {
                 url: self.url.clone(),
                 what,
                 after: self.timeout,
+                attempts: 1,
             }
         } else {
             GatewayError::Transport {
                 url: self.url.clone(),
                 what,
+                attempts: 1,
                 source: e,
             }
         }
+    }
+
+    /// Text from the gateway, as it may be shown: the token, if echoed, replaced.
+    fn shown(&self, text: String) -> String {
+        match &self.token {
+            Some(token) if text.contains(token.as_str()) => text.replace(token.as_str(), "***"),
+            _ => text,
+        }
+    }
+
+    /// The start of an answer body, as it may be shown.
+    fn excerpt(&self, bytes: &[u8]) -> String {
+        // Decode all of it first, so a token straddling the cut is still found.
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        self.shown(text).chars().take(120).collect()
     }
 
     fn garbage(
@@ -474,11 +791,10 @@ impl GatewayClient {
         bytes: &[u8],
         source: Option<serde_json::Error>,
     ) -> GatewayError {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
         GatewayError::Garbage {
             url: self.url.clone(),
             status,
-            excerpt: text,
+            excerpt: self.excerpt(bytes),
             source,
         }
     }
@@ -487,17 +803,16 @@ impl GatewayClient {
     fn failure(&self, status: u16, bytes: &[u8]) -> GatewayError {
         let Ok(problem) = serde_json::from_slice::<Problem>(bytes) else {
             if status >= 500 {
-                let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
                 return GatewayError::Server {
                     url: self.url.clone(),
                     status,
-                    detail: excerpt.into_owned(),
+                    detail: self.excerpt(bytes),
                 };
             }
             return self.garbage(status, bytes, None);
         };
         let url = self.url.clone();
-        let detail = problem.detail.unwrap_or_default();
+        let detail = self.shown(problem.detail.unwrap_or_default());
         match status {
             401 => GatewayError::Unauthorized { url, detail },
             409 => match problem.strategy_id {
@@ -585,5 +900,50 @@ mod tests {
         }
         assert!(client.failure(409, br#"{"strategy_id":"x"}"#).is_usage());
         assert!(!client.failure(500, b"x").is_usage());
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        let client = GatewayClient::new("http://127.0.0.1:1").unwrap();
+        let cases: &[(u16, &[u8], bool)] = &[
+            (500, b"oops", true),
+            (503, br#"{"detail":"store down"}"#, true),
+            (401, br#"{"detail":"no"}"#, false),
+            (409, br#"{"strategy_id":"x"}"#, false),
+            (410, br#"{"detail":"ended"}"#, false),
+            (422, br#"{"detail":"bad","field":"f"}"#, false),
+            (418, b"not json", false),
+        ];
+        for (status, body, retryable) in cases {
+            let err = client.failure(*status, body);
+            assert_eq!(err.is_retryable(), *retryable, "{status}: {err}");
+        }
+        assert!(!client.garbage(202, b"<html>", None).is_retryable());
+    }
+
+    #[test]
+    fn a_token_echoed_by_the_gateway_is_masked() {
+        let token = "T0k-very-secret";
+        let client = GatewayClient::new("http://127.0.0.1:1")
+            .unwrap()
+            .token(Some(token.to_owned()));
+        let json = format!(r#"{{"detail":"got Bearer {token}"}}"#);
+        let long = format!("{}Bearer {token}", "x".repeat(110));
+        let errors = [
+            client.failure(401, json.as_bytes()),
+            client.failure(422, json.as_bytes()),
+            client.failure(500, json.as_bytes()),
+            client.failure(502, format!("<p>{token}</p>").as_bytes()),
+            client.garbage(202, long.as_bytes(), None),
+        ];
+        assert!(!format!("{client:?}").contains(token), "{client:?}");
+        for err in errors {
+            let text = err.to_string();
+            assert!(
+                !text.contains(token) && !text.contains("T0k-very"),
+                "{text}"
+            );
+            assert!(!format!("{err:?}").contains(token), "{err:?}");
+        }
     }
 }

@@ -84,9 +84,10 @@ impl Interval {
         self.0 as i64
     }
 
-    /// The bucket `ts` falls in: `ts - ts mod interval`.
+    /// The bucket `ts` falls in: `ts - ts mod interval`. A bucket that would start
+    /// before the earliest representable timestamp (`i64::MIN`) starts there instead.
     pub fn bucket(self, ts: i64) -> i64 {
-        ts - ts.rem_euclid(self.secs_i64())
+        ts.saturating_sub(ts.rem_euclid(self.secs_i64()))
     }
 
     /// The first bucket at or after `ts`.
@@ -278,6 +279,15 @@ mod tests {
         assert_eq!(h.bucket_ceil(3601), 7200);
         assert_eq!(h.bucket_ceil(3600), 3600);
         assert_eq!(Interval::SECOND.bucket(17), 17);
+    }
+
+    /// Regression: bucketing a timestamp near `i64::MIN` overflowed (a panic in debug
+    /// builds) when its bucket would start before `i64::MIN`; found by `tests/props.rs`.
+    #[test]
+    fn bucketing_the_earliest_timestamps_does_not_overflow() {
+        let wide = Interval::from_secs(2_305_843_009_213_693_953).unwrap();
+        assert_eq!(wide.bucket(-6_917_529_027_641_081_860), i64::MIN);
+        assert_eq!(Interval::from_secs(7).unwrap().bucket(i64::MIN), i64::MIN);
     }
 
     #[test]

@@ -226,6 +226,19 @@ pub enum LoaderError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A connection attempt (TCP connect, startup, authentication) took longer than the
+    /// DSN's `connect_timeout` (10 s when it sets none).
+    #[error(
+        "the database server at {addr} did not complete a connection within {after:?}; \
+         check that HOST:PORT is the database's PostgreSQL-wire port, or raise \
+         connect_timeout in the DSN"
+    )]
+    ConnectTimeout {
+        /// `host:port`.
+        addr: String,
+        /// The connect timeout in force.
+        after: Duration,
+    },
     /// The server asks for a password and neither the DSN nor `PGPASSWORD` gives one.
     #[error(
         "the server at {addr} requires a password for user '{user}'; put it in the DSN \
@@ -335,6 +348,23 @@ pub enum LoaderError {
         /// The largest `ts` the column holds.
         limit: Timestamp,
     },
+    /// An integer `ts` whose magnitude says it is not epoch seconds (milli-, micro- or
+    /// nanoseconds).
+    #[error(
+        "table {table}: column 'ts' holds {value}, which looks like {unit}, but epoch \
+         seconds are expected; store seconds (e.g. UPDATE {table} SET ts = ts / {div}) or \
+         load the table through a view that divides ts by {div}"
+    )]
+    TsUnit {
+        /// The table.
+        table: String,
+        /// A value of the column.
+        value: i64,
+        /// The unit it looks like.
+        unit: &'static str,
+        /// What to divide by.
+        div: i64,
+    },
     /// Rows of the node with a null `ts`: the job fails rather than drop them.
     #[error(
         "table {table} holds {rows} row(s) with a null ts for node {node_id} at interval \
@@ -431,7 +461,9 @@ impl LoaderError {
         match self {
             LoaderError::Timeout { .. } => true,
             LoaderError::Custom { retryable, .. } => *retryable,
-            LoaderError::Unreachable { .. } | LoaderError::Pool { .. } => true,
+            LoaderError::Unreachable { .. }
+            | LoaderError::ConnectTimeout { .. }
+            | LoaderError::Pool { .. } => true,
             LoaderError::Database { source, .. } => crate::sources::postgres::is_transient(source),
             _ => false,
         }
@@ -446,6 +478,7 @@ impl LoaderError {
             LoaderError::Timeout { .. }
                 | LoaderError::Custom { .. }
                 | LoaderError::Unreachable { .. }
+                | LoaderError::ConnectTimeout { .. }
                 | LoaderError::Pool { .. }
                 | LoaderError::Database { .. }
                 | LoaderError::Decode { .. }

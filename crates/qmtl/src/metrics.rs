@@ -6,7 +6,8 @@
 //! alongside them `backfill_rows_total{node_id,interval}`,
 //! `backfill_duration_seconds{node_id,interval}` (per job), and the cache access metrics
 //! `cache_read_total{upstream_id,interval}` and
-//! `cache_last_read_timestamp{upstream_id,interval}`.
+//! `cache_last_read_timestamp{upstream_id,interval}`, and `recorder_rows_waiting`, the
+//! node outputs a live run has buffered and not yet recorded.
 //!
 //! [`global()`] holds the process-wide set that [`start_metrics_server`] serves; tests and
 //! embedders may build their own [`Metrics`] and serve it with [`serve_metrics`].
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub cache_read_total: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
     /// The newest bucket a tracked cache read saw per (upstream, interval).
     pub cache_last_read_timestamp: Family<UpstreamLabels, Gauge>,
+    /// Node outputs buffered and not yet written by the recorder of a live run.
+    pub recorder_rows_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -107,6 +110,7 @@ impl Metrics {
             duration_seconds: HistogramFamily::new_with_constructor(duration_histogram),
             cache_read_total: Family::default(),
             cache_last_read_timestamp: Family::default(),
+            recorder_rows_waiting: Gauge::default(),
         };
         // prometheus-client appends `_total` to counter names when encoding.
         registry.register(
@@ -148,6 +152,11 @@ impl Metrics {
             "cache_last_read_timestamp",
             "Newest bucket seen by a tracked cache read (epoch seconds)",
             m.cache_last_read_timestamp.clone(),
+        );
+        registry.register(
+            "recorder_rows_waiting",
+            "Node outputs waiting to be recorded (grows while the database is unreachable)",
+            m.recorder_rows_waiting.clone(),
         );
         Metrics { registry, ..m }
     }

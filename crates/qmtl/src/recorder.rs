@@ -22,8 +22,22 @@
 //!   cannot (not a WAL table), a warning says that re-recording will duplicate rows.
 //!
 //! A missing table is created, and payload columns the table lacks are added.
+//!
+//! A run that records while it follows live rows uses [`Recorder::record`], which rides
+//! out a database outage: rows that could not be written stay in memory, in order, and
+//! writing is tried again with a growing backoff (from [`FIRST_RETRY`] up to
+//! [`LAST_RETRY`] between attempts; each failed attempt is a `recorder.write_retrying`
+//! warning; an attempt longer than [`WRITE_TIMEOUT`] counts as failed). Because writes
+//! are idempotent, rows of a statement whose outcome is unknown (a lost connection, a
+//! timed-out or abandoned attempt) are simply written again. An outage is bounded: once
+//! rows have waited longer than [`OUTAGE_LIMIT`], or more than [`MAX_WAITING_ROWS`] rows
+//! wait, the next attempt that fails ends the run with [`RecordError::Outage`] instead of
+//! growing without limit.
+//! [`Recorder::finish`] writes what is left at the end of a run, retrying only for a
+//! short deadline, and names how many rows were not recorded when it gives up.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::error::SqlState;
@@ -36,10 +50,10 @@ use crate::loader::LoaderError;
 use crate::node::{NodeId, NodeSpec};
 use crate::replay::OutputSink;
 use crate::row::Row;
-use crate::sources::postgres::error_text;
 use crate::sources::postgres::table::{
     int_param, is_identifier, quote, read_layout, ts_param, Layout, Param, TableName,
 };
+use crate::sources::postgres::{error_text, is_transient};
 use crate::sources::{PgSource, SourceSpec, SourceSpecError};
 use crate::time::Timestamp;
 
@@ -49,6 +63,23 @@ pub const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Buffered rows that trigger a write.
 const FLUSH_ROWS: usize = 10_000;
+
+/// The wait before the first retry of a failed write; it doubles after each failure.
+pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two attempts to write during an outage.
+pub const LAST_RETRY: Duration = Duration::from_secs(5);
+
+/// How long one attempt to write may take during a run before it counts as failed (a
+/// database that accepts connections but does not answer).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long rows may wait for an unreachable database before the run fails.
+pub const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
+
+/// How many rows may wait for an unreachable database before the run fails (about
+/// 50 MB for rows of five fields).
+pub const MAX_WAITING_ROWS: usize = 1_000_000;
 
 /// The SQL dialect of the server at the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +168,76 @@ pub enum RecordError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// An attempt to write took too long; what it wrote is written again by the next.
+    #[error("writing into table {table} at {addr} took more than {waited_ms} ms")]
+    TimedOut {
+        /// The table.
+        table: String,
+        /// `host:port`.
+        addr: String,
+        /// How long the attempt was given.
+        waited_ms: u64,
+    },
+    /// The run ended while the database was failing, and it was still failing when the
+    /// last write's deadline passed: the waiting rows were not recorded.
+    #[error(
+        "{rows} row(s) for table {table} at {addr} were not recorded: the database was \
+         still failing {waited_ms} ms after the run ended; check that it is up and \
+         reachable: {source}"
+    )]
+    Unwritten {
+        /// The table.
+        table: String,
+        /// `host:port`.
+        addr: String,
+        /// Rows left unwritten.
+        rows: usize,
+        /// How long the last write kept trying.
+        waited_ms: u64,
+        /// The last attempt's error.
+        #[source]
+        source: Box<RecordError>,
+    },
+    /// The database stayed unreachable past the outage bound, or the run ended before it
+    /// came back: the waiting rows were not recorded.
+    #[error(
+        "{rows} row(s) for table {table} at {addr} were not recorded: the database has \
+         been failing for {failing_s} s (the limits are {limit_s} s or {limit_rows} \
+         waiting rows); check that it is up and reachable, then run again: {source}"
+    )]
+    Outage {
+        /// The table.
+        table: String,
+        /// `host:port`.
+        addr: String,
+        /// Rows left unwritten.
+        rows: usize,
+        /// Seconds since the first failed attempt.
+        failing_s: u64,
+        /// [`OUTAGE_LIMIT`] in seconds.
+        limit_s: u64,
+        /// [`MAX_WAITING_ROWS`].
+        limit_rows: usize,
+        /// The last attempt's error.
+        #[source]
+        source: Box<RecordError>,
+    },
 }
 
 impl RecordError {
+    /// Whether trying again may cure the error: the database was unreachable, lost the
+    /// connection or was restarting.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RecordError::Connect(e) => e.is_retryable(),
+            RecordError::Create { source, .. } | RecordError::Write { source, .. } => {
+                is_transient(source)
+            }
+            RecordError::TimedOut { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether the error is a mistake in how recording was asked for (a bad spec, table
     /// name, credentials or field name) rather than a failure while writing.
     pub fn is_usage(&self) -> bool {
@@ -149,9 +247,12 @@ impl RecordError {
             | RecordError::BadField { .. }
             | RecordError::ColumnType { .. } => true,
             RecordError::Connect(e) => e.is_input_error(),
-            RecordError::Create { .. } | RecordError::Width { .. } | RecordError::Write { .. } => {
-                false
-            }
+            RecordError::Create { .. }
+            | RecordError::Width { .. }
+            | RecordError::Write { .. }
+            | RecordError::TimedOut { .. }
+            | RecordError::Unwritten { .. }
+            | RecordError::Outage { .. } => false,
         }
     }
 }
@@ -164,6 +265,9 @@ struct Pending {
     ts: Vec<Timestamp>,
     /// Row-major, `fields.len()` values per row.
     values: Vec<f64>,
+    /// Rows from the front already written (a group is only written once deduplicated,
+    /// and never grows after that).
+    done: usize,
 }
 
 /// Writes node outputs into a history table; see the module docs.
@@ -191,6 +295,24 @@ pub struct Recorder {
     pending: Vec<Pending>,
     pending_rows: usize,
     written: u64,
+    outage: Option<Outage>,
+    waiting_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+/// A run of failed writes: when it began and when to try again.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: Instant,
+    failures: u32,
+    next_attempt: Instant,
+}
+
+impl Outage {
+    /// The wait after `failures` failed attempts.
+    fn backoff(failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        FIRST_RETRY.saturating_mul(1 << doublings).min(LAST_RETRY)
+    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -258,6 +380,8 @@ impl Recorder {
             pending: Vec::new(),
             pending_rows: 0,
             written: 0,
+            outage: None,
+            waiting_gauge: None,
         })
     }
 
@@ -269,6 +393,178 @@ impl Recorder {
     /// Rows written so far.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Rows buffered and not written yet (during an outage, the rows waiting for the
+    /// database).
+    pub fn waiting(&self) -> usize {
+        self.pending_rows
+    }
+
+    /// Keeps `gauge` at the number of rows waiting to be written.
+    pub fn set_waiting_gauge(&mut self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        gauge.set(self.pending_rows as i64);
+        self.waiting_gauge = Some(gauge);
+    }
+
+    fn show_waiting(&self) {
+        if let Some(gauge) = &self.waiting_gauge {
+            gauge.set(self.pending_rows as i64);
+        }
+    }
+
+    /// Buffers every non-empty node of `recorded` and writes what is buffered, riding
+    /// out a database outage (see the module docs): a failure that retrying may cure
+    /// keeps the rows and returns `Ok` until the outage bound is passed. Attempts are
+    /// spaced by the backoff, so calling this often costs nothing during an outage.
+    ///
+    /// # Errors
+    /// [`RecordError::Outage`] past the outage bound; any error that retrying will not
+    /// cure, as [`Recorder::flush`].
+    pub async fn record<'a>(
+        &mut self,
+        recorded: impl IntoIterator<Item = &'a Recorded>,
+    ) -> Result<(), RecordError> {
+        self.buffer_recorded(recorded)?;
+        self.try_flush().await
+    }
+
+    /// Buffers every non-empty node of `recorded` without writing; [`Recorder::finish`]
+    /// or a later [`Recorder::record`] writes them.
+    ///
+    /// # Errors
+    /// [`RecordError::Width`] or [`RecordError::BadField`] for rows that do not fit their
+    /// node's fields.
+    pub fn buffer_recorded<'a>(
+        &mut self,
+        recorded: impl IntoIterator<Item = &'a Recorded>,
+    ) -> Result<(), RecordError> {
+        for r in recorded.into_iter().filter(|r| !r.columns.is_empty()) {
+            self.buffer_columns(&r.node_id, r.interval, &r.fields, &r.columns)?;
+        }
+        self.show_waiting();
+        Ok(())
+    }
+
+    /// Writes what is buffered unless an outage's backoff says to wait; see
+    /// [`Recorder::record`].
+    async fn try_flush(&mut self) -> Result<(), RecordError> {
+        // During an outage, wait for the backoff unless a bound is passed: then try now,
+        // and fail if that attempt fails.
+        let now = Instant::now();
+        let over_bound = self.pending_rows > MAX_WAITING_ROWS
+            || self
+                .outage
+                .is_some_and(|o| now.duration_since(o.since) > OUTAGE_LIMIT);
+        let backing_off = self.outage.is_some_and(|o| now < o.next_attempt);
+        if self.pending_rows == 0 || (backing_off && !over_bound) {
+            return Ok(());
+        }
+        let result = self.flush_within(WRITE_TIMEOUT).await;
+        self.settle(result, Instant::now())
+    }
+
+    /// [`Recorder::flush`], given at most `limit`. Dropping a write part way is safe: the
+    /// rows of unfinished statements stay buffered and are written again, idempotently.
+    async fn flush_within(&mut self, limit: Duration) -> Result<(), RecordError> {
+        match tokio::time::timeout(limit, self.flush()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.show_waiting();
+                Err(RecordError::TimedOut {
+                    table: self.table.to_string(),
+                    addr: self.source.addr(),
+                    waited_ms: limit.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Updates the outage state after a write attempt; see [`Recorder::record`].
+    fn settle(&mut self, result: Result<(), RecordError>, now: Instant) -> Result<(), RecordError> {
+        match result {
+            Ok(()) => {
+                if let Some(outage) = self.outage.take() {
+                    tracing::info!(
+                        table = %self.table, addr = %self.source.addr(),
+                        failures = outage.failures,
+                        down_ms = now.duration_since(outage.since).as_millis() as u64,
+                        "recorder.write_recovered"
+                    );
+                }
+                Ok(())
+            }
+            Err(error) if error.is_retryable() => {
+                let mut outage = self.outage.unwrap_or(Outage {
+                    since: now,
+                    failures: 0,
+                    next_attempt: now,
+                });
+                outage.failures += 1;
+                let failing = now.duration_since(outage.since);
+                if failing > OUTAGE_LIMIT || self.pending_rows > MAX_WAITING_ROWS {
+                    return Err(self.outage_error(error, failing));
+                }
+                let wait = Outage::backoff(outage.failures);
+                outage.next_attempt = now + wait;
+                self.outage = Some(outage);
+                tracing::warn!(
+                    table = %self.table, addr = %self.source.addr(), error = %error,
+                    rows_waiting = self.pending_rows, failures = outage.failures,
+                    retry_in_ms = wait.as_millis() as u64, "recorder.write_retrying"
+                );
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn outage_error(&self, error: RecordError, failing: Duration) -> RecordError {
+        RecordError::Outage {
+            table: self.table.to_string(),
+            addr: self.source.addr(),
+            rows: self.pending_rows,
+            failing_s: failing.as_secs(),
+            limit_s: OUTAGE_LIMIT.as_secs(),
+            limit_rows: MAX_WAITING_ROWS,
+            source: Box::new(error),
+        }
+    }
+
+    /// Writes every buffered row at the end of a run, trying again after failures that
+    /// retrying may cure until `deadline` has passed.
+    ///
+    /// # Errors
+    /// [`RecordError::Unwritten`] naming the rows left unwritten when the deadline passes;
+    /// any error that retrying will not cure, as [`Recorder::flush`].
+    pub async fn finish(&mut self, deadline: Duration) -> Result<(), RecordError> {
+        let began = Instant::now();
+        let mut failures = 0;
+        loop {
+            let left = deadline.saturating_sub(began.elapsed());
+            let error = match self.flush_within(left.max(Duration::from_millis(1))).await {
+                Ok(()) => return self.settle(Ok(()), Instant::now()),
+                Err(error) if error.is_retryable() => error,
+                Err(error) => return Err(error),
+            };
+            failures += 1;
+            let wait = Outage::backoff(failures);
+            if began.elapsed() + wait > deadline {
+                return Err(RecordError::Unwritten {
+                    table: self.table.to_string(),
+                    addr: self.source.addr(),
+                    rows: self.pending_rows,
+                    waited_ms: began.elapsed().as_millis() as u64,
+                    source: Box::new(error),
+                });
+            }
+            tracing::warn!(
+                table = %self.table, addr = %self.source.addr(), error = %error,
+                rows_waiting = self.pending_rows, failures,
+                retry_in_ms = wait.as_millis() as u64, "recorder.final_write_retrying"
+            );
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// The guide's `persist`: buffers one row of `node_id` at `interval`, its payload as
@@ -319,6 +615,17 @@ impl Recorder {
         fields: &[String],
         columns: &Columns,
     ) -> Result<(), RecordError> {
+        self.buffer_columns(node_id, interval, fields, columns)?;
+        self.flush_if_full().await
+    }
+
+    fn buffer_columns(
+        &mut self,
+        node_id: &NodeId,
+        interval: Interval,
+        fields: &[String],
+        columns: &Columns,
+    ) -> Result<(), RecordError> {
         if columns.values.len() != fields.len() {
             return Err(RecordError::Width {
                 node_id: node_id.clone(),
@@ -334,7 +641,7 @@ impl Recorder {
                 .extend(columns.values.iter().map(|column| column[row]));
         }
         self.pending_rows += columns.len();
-        self.flush_if_full().await
+        Ok(())
     }
 
     fn pending_for(
@@ -343,27 +650,37 @@ impl Recorder {
         interval: Interval,
         fields: &[String],
     ) -> Result<&mut Pending, RecordError> {
-        let same =
-            |p: &Pending| p.node_id == *node_id && p.interval == interval && *p.fields == *fields;
-        if !self.pending.last().is_some_and(same) {
-            if let Some(field) = fields.iter().find(|f| !is_identifier(f)) {
-                return Err(RecordError::BadField {
-                    node_id: node_id.clone(),
-                    field: field.clone(),
-                });
-            }
-            self.pending.push(Pending {
-                node_id: node_id.clone(),
-                interval,
-                fields: fields.into(),
-                ts: Vec::new(),
-                values: Vec::new(),
-            });
-        }
-        Ok(self
+        // Rows join the node's newest group, unless writing has begun on it or its fields
+        // differ: the rows of one node stay in the order given, whatever other nodes do.
+        let newest = self
             .pending
-            .last_mut()
-            .expect("a pending group was just ensured"))
+            .iter()
+            .rposition(|p| p.node_id == *node_id && p.interval == interval);
+        let usable = newest.filter(|&k| {
+            let p = &self.pending[k];
+            p.done == 0 && *p.fields == *fields
+        });
+        let k = match usable {
+            Some(k) => k,
+            None => {
+                if let Some(field) = fields.iter().find(|f| !is_identifier(f)) {
+                    return Err(RecordError::BadField {
+                        node_id: node_id.clone(),
+                        field: field.clone(),
+                    });
+                }
+                self.pending.push(Pending {
+                    node_id: node_id.clone(),
+                    interval,
+                    fields: fields.into(),
+                    ts: Vec::new(),
+                    values: Vec::new(),
+                    done: 0,
+                });
+                self.pending.len() - 1
+            }
+        };
+        Ok(&mut self.pending[k])
     }
 
     async fn flush_if_full(&mut self) -> Result<(), RecordError> {
@@ -373,32 +690,47 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes every buffered row.
+    /// Writes every buffered row, in the order buffered.
     ///
     /// # Errors
     /// [`RecordError::Connect`] when no connection can be had, [`RecordError::Create`]
     /// when a payload column cannot be added, [`RecordError::ColumnType`] for a payload
     /// column that is not `DOUBLE PRECISION`, [`RecordError::Write`] for a failed
-    /// `INSERT`. Rows of a failed group stay unwritten and are dropped.
+    /// `INSERT`. The rows not known to be written stay buffered, in order, for the next
+    /// flush ([`RecordError::is_retryable`] says whether it may succeed).
     pub async fn flush(&mut self) -> Result<(), RecordError> {
-        let groups = std::mem::take(&mut self.pending);
-        self.pending_rows = 0;
-        if groups.is_empty() {
+        let result = self.write_pending().await;
+        self.show_waiting();
+        result
+    }
+
+    /// Writes the groups in order, statement by statement, moving each group's `done`
+    /// mark after each statement: a failure, or the future being dropped (a timeout),
+    /// leaves exactly the rows not known to be written in the buffer.
+    async fn write_pending(&mut self) -> Result<(), RecordError> {
+        if self.pending.is_empty() {
             return Ok(());
         }
         let client = self.source.checkout(&self.pool).await?;
-        for group in groups {
-            let group = dedup_last(group);
-            self.ensure_columns(&client, &group).await?;
-            let width = 3 + group.fields.len();
-            let per_statement = ROWS_PER_STATEMENT.min(u16::MAX as usize / width).max(1);
-            let mut row = 0;
-            while row < group.ts.len() {
-                let rows = per_statement.min(group.ts.len() - row);
-                self.insert(&client, &group, row, rows).await?;
-                row += rows;
+        while !self.pending.is_empty() {
+            if self.pending[0].done == 0 {
+                let before = self.pending[0].ts.len();
+                dedup_last(&mut self.pending[0]);
+                self.pending_rows -= before - self.pending[0].ts.len();
             }
-            self.written += group.ts.len() as u64;
+            let fields = self.pending[0].fields.clone();
+            self.ensure_columns(&client, &fields).await?;
+            let width = 3 + fields.len();
+            let per_statement = ROWS_PER_STATEMENT.min(u16::MAX as usize / width).max(1);
+            while self.pending[0].done < self.pending[0].ts.len() {
+                let group = &self.pending[0];
+                let rows = per_statement.min(group.ts.len() - group.done);
+                self.insert(&client, group, group.done, rows).await?;
+                self.pending[0].done += rows;
+                self.pending_rows -= rows;
+                self.written += rows as u64;
+            }
+            let group = self.pending.remove(0);
             tracing::info!(
                 node_id = %group.node_id, interval = group.interval.secs(),
                 rows = group.ts.len(), table = %self.table, "recorder.written"
@@ -411,10 +743,9 @@ impl Recorder {
     async fn ensure_columns(
         &mut self,
         client: &Client,
-        group: &Pending,
+        fields: &[String],
     ) -> Result<(), RecordError> {
-        let missing: Vec<&String> = group
-            .fields
+        let missing: Vec<&String> = fields
             .iter()
             .filter(|f| self.column_for(f).is_none())
             .collect();
@@ -557,11 +888,11 @@ impl Recorder {
 
 /// Keeps the last row of each `ts`, in time order (a statement may not touch a key
 /// twice).
-fn dedup_last(mut group: Pending) -> Pending {
+fn dedup_last(group: &mut Pending) {
     let fields = group.fields.len();
     let sorted_unique = group.ts.windows(2).all(|w| w[0] < w[1]);
     if sorted_unique {
-        return group;
+        return;
     }
     let mut order: Vec<usize> = (0..group.ts.len()).collect();
     order.sort_by_key(|&i| group.ts[i]);
@@ -579,7 +910,6 @@ fn dedup_last(mut group: Pending) -> Pending {
     }
     group.ts = ts;
     group.values = values;
-    group
 }
 
 async fn detect_dialect(client: &Client, source: &PgSource) -> Result<Dialect, LoaderError> {
@@ -739,6 +1069,41 @@ impl OutputBuffer {
     }
 }
 
+impl OutputBuffer {
+    /// Keeps rows `rows` of `columns` as rows of `node_id`, when that node is recorded:
+    /// for a stream, whose rows the executor pushes without emitting them.
+    pub fn push_columns(&self, node_id: &NodeId, columns: &Columns, rows: std::ops::Range<usize>) {
+        let Some(k) = self.wanted.iter().position(|id| id == node_id) else {
+            return;
+        };
+        let mut kept = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(recorded) = kept.get_mut(k) {
+            recorded
+                .columns
+                .ts
+                .extend_from_slice(&columns.ts[rows.clone()]);
+            for (into, from) in recorded.columns.values.iter_mut().zip(&columns.values) {
+                into.extend_from_slice(&from[rows.clone()]);
+            }
+        }
+    }
+
+    /// Keeps one row of `node_id` at `ts`, when that node is recorded (see
+    /// [`OutputBuffer::push_columns`]).
+    pub fn push_row(&self, node_id: &NodeId, ts: Timestamp, values: &[f64]) {
+        let Some(k) = self.wanted.iter().position(|id| id == node_id) else {
+            return;
+        };
+        let mut kept = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(recorded) = kept.get_mut(k) {
+            recorded.columns.ts.push(ts);
+            for (column, value) in recorded.columns.values.iter_mut().zip(values) {
+                column.push(*value);
+            }
+        }
+    }
+}
+
 impl OutputSink for OutputBuffer {
     fn emit(&mut self, node: &NodeSpec, ts: Timestamp, row: &Row) {
         let Some(k) = self.wanted.iter().position(|id| *id == node.id) else {
@@ -760,16 +1125,26 @@ mod tests {
 
     #[test]
     fn dedup_keeps_the_last_row_of_each_time_in_order() {
-        let group = Pending {
+        let mut out = Pending {
             node_id: NodeId::from_hex("n"),
             interval: Interval::from_secs(60).unwrap(),
             fields: vec!["a".to_owned()].into(),
             ts: vec![120, 60, 120, 180],
             values: vec![1.0, 2.0, 3.0, 4.0],
+            done: 0,
         };
-        let out = dedup_last(group);
+        dedup_last(&mut out);
         assert_eq!(out.ts, [60, 120, 180]);
         assert_eq!(out.values, [2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn retries_back_off_from_the_first_wait_doubling_to_the_last() {
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| Outage::backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(Outage::backoff(u32::MAX), LAST_RETRY);
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Executor {
     caches: Vec<NodeCache>,
     consumers: Vec<Vec<(usize, usize)>>,
     stats: Vec<NodeStats>,
+    /// The bucket of each node's last computed row (spares a division per compute).
+    last_bucket: Vec<Option<Timestamp>>,
     touched: Vec<bool>,
     gaps: Vec<Option<PendingGap>>,
     on_missing: OnMissing,
@@ -182,6 +184,7 @@ impl Executor {
             caches,
             consumers,
             stats: vec![NodeStats::default(); count],
+            last_bucket: vec![None; count],
             touched: vec![false; count],
             gaps: (0..count).map(|_| None).collect(),
             on_missing,
@@ -362,7 +365,6 @@ impl Executor {
 
     /// Computes every touched node from `first` on, in topological order.
     fn run_from(&mut self, first: usize, ts: Timestamp) -> Result<(), ReplayError> {
-        let mut out = [0.0; MAX_FIELDS];
         for n in first..self.nodes.len() {
             if !std::mem::take(&mut self.touched[n]) || self.external[n] {
                 continue;
@@ -399,7 +401,11 @@ impl Executor {
             } else {
                 self.caches[n].view()
             };
-            let Some(row) = compute(&view) else { continue };
+            // Matched by reference: moving the row out of the option would copy it.
+            let computed = compute(&view);
+            let Some(row) = computed.as_ref() else {
+                continue;
+            };
             if row.len() != spec.fields.len() {
                 return Err(ReplayError::RowWidth {
                     node: spec.name.clone(),
@@ -407,17 +413,33 @@ impl Executor {
                     want: spec.fields.len(),
                 });
             }
-            let out_ts = spec.interval.bucket(ts);
+            let out_ts = bucket_after(spec.interval, self.last_bucket[n], ts);
+            self.last_bucket[n] = Some(out_ts);
             if let Some(sink) = self.sink.as_mut() {
-                sink.emit(spec, out_ts, &row);
+                sink.emit(spec, out_ts, row);
             }
-            let width = row.len();
-            out[..width].copy_from_slice(row.values());
             self.record(n, out_ts);
-            self.deliver(n, out_ts, &out[..width]);
+            self.deliver(n, out_ts, row.values());
         }
         Ok(())
     }
+}
+
+/// The bucket of `ts` at `interval`, without a division when it is `previous` (a bucket)
+/// or the one after it, as it nearly always is in a replay.
+fn bucket_after(interval: Interval, previous: Option<Timestamp>, ts: Timestamp) -> Timestamp {
+    if let Some(previous) = previous {
+        let offset = ts.wrapping_sub(previous) as u64;
+        let step = interval.secs();
+        if ts >= previous && offset < step.saturating_mul(2) {
+            return if offset < step {
+                previous
+            } else {
+                previous + interval.secs_i64()
+            };
+        }
+    }
+    interval.bucket(ts)
 }
 
 /// Replays several streams' columns merged by time; equal times go in stream order.
@@ -505,4 +527,35 @@ pub fn replay_feeds(
         }
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_after_a_previous_one_is_the_bucket_of_the_time() {
+        let h = Interval::HOUR;
+        let cases = [
+            (None, 7_205),
+            (Some(3_600), 3_600),
+            (Some(3_600), 7_199),
+            (Some(3_600), 7_200),
+            (Some(3_600), 10_799),
+            (Some(3_600), 10_800),
+            (Some(3_600), 0),
+            (Some(-3_600), -1),
+            (Some(-3_600), 1),
+            (Some(h.bucket(i64::MAX)), i64::MAX),
+            (Some(i64::MIN + 1_000), i64::MAX),
+        ];
+        for (previous, ts) in cases {
+            let previous = previous.map(|p| h.bucket(p));
+            assert_eq!(
+                bucket_after(h, previous, ts),
+                h.bucket(ts),
+                "{previous:?} {ts}"
+            );
+        }
+    }
 }

@@ -40,6 +40,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Columns;
@@ -50,7 +51,7 @@ use crate::gateway_client::{GatewayClient, GatewayError, RunType};
 use crate::interval::Interval;
 use crate::live::{LiveError, LiveSpec};
 use crate::loader::{CacheLoader, LoaderError};
-use crate::metrics::{self, Metrics, MetricsError, MetricsServer, UpstreamLabels};
+use crate::metrics::{self, Metrics, MetricsError, MetricsServer, NodeLabels, UpstreamLabels};
 use crate::node::{NodeSpec, NodeType};
 use crate::recorder::{OutputBuffer, RecordError, Recorder};
 use crate::replay::{replay_merged, Executor, OnMissing, ReplayError};
@@ -203,6 +204,28 @@ pub enum RunError {
         #[source]
         source: LoaderError,
     },
+    /// A source stayed unreachable (or kept timing out) through every attempt to open it.
+    #[error(
+        "cannot open backfill source {spec} after {attempts} attempt(s): {source}; raise \
+         --max-retries to wait longer for the server"
+    )]
+    SourceUnavailable {
+        /// The spec, without secrets.
+        spec: String,
+        /// Attempts made (1 + --max-retries).
+        attempts: u64,
+        /// The last attempt's error (boxed: it keeps the enum small).
+        #[source]
+        source: Box<LoaderError>,
+    },
+    /// The run was cancelled (SIGINT/SIGTERM) while a source was still being opened.
+    #[error("stopped while opening backfill source {spec} (attempt {attempts})")]
+    StoppedWhileOpening {
+        /// The spec, without secrets.
+        spec: String,
+        /// Attempts made before the stop.
+        attempts: u64,
+    },
     /// Node outputs could not be recorded.
     #[error("cannot record to {spec}: {source}")]
     Record {
@@ -297,7 +320,10 @@ impl RunError {
             RunError::Metrics(m) => matches!(m, MetricsError::PortInUse { .. }),
             RunError::Gateway(g) => g.is_usage(),
             RunError::Live(l) => l.is_usage(),
-            RunError::Replay(_) | RunError::Report { .. } => false,
+            RunError::Replay(_)
+            | RunError::Report { .. }
+            | RunError::SourceUnavailable { .. }
+            | RunError::StoppedWhileOpening { .. } => false,
             _ => true,
         }
     }
@@ -606,7 +632,9 @@ impl Runner {
                 let client = GatewayClient::new(&url)?.token(self.gateway_token.clone());
                 let registration = client.register(&dag, RunType::Backtest).await?;
                 let id = registration.strategy_id.clone();
+                let heartbeat = client.keep_alive(&registration);
                 let result = self.run_local(dag).await;
+                drop(heartbeat);
                 session::end_registration(&client, &id).await;
                 result.map(|mut report| {
                     report.live.strategy_id = Some(id);
@@ -632,7 +660,7 @@ impl Runner {
         let warmup = warmup_spans(&dag);
 
         // Resolve a loader per stream, opening each distinct spec once.
-        let loaders = self.open_sources(&dag).await?;
+        let (loaders, open_retries) = self.open_sources_counted(&dag).await?;
         let mut recording = self.open_recorder(&dag).await?;
 
         // Plan one job per stream.
@@ -683,7 +711,10 @@ impl Runner {
             .map(|(i, _)| i)
             .collect();
         let sink = Arc::new(HistorySink::new(&dag, &stream_indices, true));
-        let job_reports = self.backfill(jobs, &metrics, sink.clone()).await;
+        let mut job_reports = self.backfill(jobs, &metrics, sink.clone()).await;
+        for (job, retries) in job_reports.iter_mut().zip(open_retries) {
+            job.retries += retries;
+        }
         let backfill_s = began.elapsed().as_secs_f64();
 
         // Replay history through the DAG when every job completed.
@@ -812,6 +843,16 @@ impl Runner {
     }
 
     async fn open_sources(&self, dag: &Dag) -> Result<Vec<Arc<dyn CacheLoader>>, RunError> {
+        let (loaders, _) = self.open_sources_counted(dag).await?;
+        Ok(loaders)
+    }
+
+    /// A loader per stream of `dag`, in stream order, and the retries opening each
+    /// stream's source took (counted for every stream a source feeds).
+    async fn open_sources_counted(
+        &self,
+        dag: &Dag,
+    ) -> Result<(Vec<Arc<dyn CacheLoader>>, Vec<u64>), RunError> {
         let names: Vec<&str> = dag.streams().map(|s| s.name.as_str()).collect();
         let mut texts = Vec::new();
         let mut objects: Vec<(Option<&str>, &Arc<dyn CacheLoader>)> = Vec::new();
@@ -842,9 +883,9 @@ impl Runner {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TABLE.to_owned()),
         };
-        let mut opened: HashMap<SourceSpec, Arc<dyn CacheLoader>> = HashMap::new();
-        let mut loaders = Vec::new();
-        for name in names {
+        // Pick each stream's loader object or spec.
+        let mut chosen: Vec<Result<Arc<dyn CacheLoader>, &SourceSpec>> = Vec::new();
+        for &name in &names {
             let object = objects
                 .iter()
                 .find(|(s, _)| *s == Some(name))
@@ -854,17 +895,55 @@ impl Runner {
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, s)| s);
-            let loader = match (by_map, object, map.default.as_ref()) {
-                (Some(spec), _, _) => open_once(&mut opened, spec, &options).await?,
-                (None, Some((_, loader)), _) => (*loader).clone(),
-                (None, None, Some(spec)) => open_once(&mut opened, spec, &options).await?,
+            chosen.push(match (by_map, object, map.default.as_ref()) {
+                (Some(spec), _, _) | (None, None, Some(spec)) => Err(spec),
+                (None, Some((_, loader)), _) => Ok((*loader).clone()),
                 (None, None, None) => {
                     return Err(RunError::NoSource {
                         stream: name.to_owned(),
                     })
                 }
+            });
+        }
+
+        // Open each distinct spec once, retrying with the backfill's budget; its retries
+        // count for every (node, interval) it feeds.
+        let metrics = self
+            .metrics
+            .clone()
+            .unwrap_or_else(|| metrics::global().clone());
+        let streams: Vec<NodeLabels> = dag
+            .streams()
+            .map(|s| NodeLabels::new(&s.id, s.interval))
+            .collect();
+        let mut opened: HashMap<&SourceSpec, (Arc<dyn CacheLoader>, u64)> = HashMap::new();
+        for spec in chosen.iter().filter_map(|c| c.as_ref().err()) {
+            if opened.contains_key(*spec) {
+                continue;
+            }
+            let fed: Vec<&NodeLabels> = chosen
+                .iter()
+                .zip(&streams)
+                .filter(|(c, _)| c.as_ref().err() == Some(spec))
+                .map(|(_, labels)| labels)
+                .collect();
+            let retry = OpenRetry {
+                config: &self.config,
+                metrics: &metrics,
+                fed: &fed,
+                cancel: &self.cancel,
+            };
+            opened.insert(spec, retry.open(spec, &options).await?);
+        }
+        let mut loaders = Vec::new();
+        let mut retries = Vec::new();
+        for choice in &chosen {
+            let (loader, n) = match choice {
+                Ok(loader) => (loader.clone(), 0),
+                Err(spec) => opened[spec].clone(),
             };
             loaders.push(loader);
+            retries.push(n);
         }
 
         // Each source must hold every field its stream reads.
@@ -876,7 +955,7 @@ impl Runner {
                     source,
                 })?;
         }
-        Ok(loaders)
+        Ok((loaders, retries))
     }
 
     /// Connects the recorder, if one was asked for, and picks the nodes to record.
@@ -956,6 +1035,8 @@ impl Runner {
     }
 }
 
+/// Opens `spec` once per run (no retries: the stream sources of a run go through
+/// [`OpenRetry`]).
 async fn open_once(
     opened: &mut HashMap<SourceSpec, Arc<dyn CacheLoader>>,
     spec: &SourceSpec,
@@ -973,6 +1054,91 @@ async fn open_once(
         })?;
     opened.insert(spec.clone(), loader.clone());
     Ok(loader)
+}
+
+/// Opening a source with the backfill's retry budget.
+///
+/// Opening is one operation with the budget of one chunk: the first attempt and up to
+/// [`BackfillConfig::max_retries`] retries, backing off from
+/// [`BackfillConfig::min_delay`] (doubling, with jitter) to
+/// [`BackfillConfig::max_delay`]; each attempt (connect, table checks) is bounded by
+/// [`BackfillConfig::request_timeout`]. Only errors [`LoaderError::is_retryable`] calls
+/// transient are retried (a refused or dropped connection, a timed-out attempt); a wrong
+/// password or a missing table fails at once. A cancellation ends the wait at once,
+/// mid-attempt or mid-backoff, with [`RunError::StoppedWhileOpening`].
+struct OpenRetry<'a> {
+    config: &'a BackfillConfig,
+    metrics: &'a Metrics,
+    /// The (node, interval) pairs the source feeds, whose retry counters count.
+    fed: &'a [&'a NodeLabels],
+    /// The run's cancellation: no retry starts once it fires.
+    cancel: &'a CancellationToken,
+}
+
+impl OpenRetry<'_> {
+    /// The opened loader and the retries it took.
+    async fn open(
+        &self,
+        spec: &SourceSpec,
+        options: &SourceOptions,
+    ) -> Result<(Arc<dyn CacheLoader>, u64), RunError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_delay)
+            .with_max_delay(self.config.max_delay)
+            .with_max_times(self.config.max_retries)
+            .with_jitter();
+        let timeout = self.config.request_timeout;
+        let attempt = || async {
+            match timeout {
+                Some(after) => tokio::time::timeout(after, spec.open_with(options))
+                    .await
+                    .map_err(|_| LoaderError::Timeout { after })?,
+                None => spec.open_with(options).await,
+            }
+        };
+        // A run cancelled before it started still opens its sources once (without
+        // retries); a cancellation during the wait ends it at once.
+        let cancelled_before = self.cancel.is_cancelled();
+        let mut retries = 0u64;
+        let opened = attempt
+            .retry(backoff)
+            .when(|e| e.is_retryable() && !self.cancel.is_cancelled())
+            .notify(|error, delay| {
+                retries += 1;
+                for labels in self.fed {
+                    self.metrics.retry_total.get_or_create(labels).inc();
+                }
+                tracing::warn!(
+                    source = %spec, attempt = retries, delay_ms = delay.as_millis() as u64,
+                    error = %error, "source.open_retry"
+                );
+            });
+        let opened = if cancelled_before {
+            opened.await
+        } else {
+            tokio::select! {
+                opened = opened => opened,
+                () = self.cancel.cancelled() => {
+                    return Err(RunError::StoppedWhileOpening {
+                        spec: spec.to_string(),
+                        attempts: retries + 1,
+                    })
+                }
+            }
+        };
+        match opened {
+            Ok(loader) => Ok((loader, retries)),
+            Err(source) if source.is_retryable() => Err(RunError::SourceUnavailable {
+                spec: spec.to_string(),
+                attempts: retries + 1,
+                source: Box::new(source),
+            }),
+            Err(source) => Err(RunError::OpenSource {
+                spec: spec.to_string(),
+                source,
+            }),
+        }
+    }
 }
 
 /// Writes what the chosen nodes emitted during replay.

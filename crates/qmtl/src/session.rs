@@ -1,6 +1,8 @@
 //! A run registered with a gateway (`dryrun` and `live`): register the DAG, apply the
 //! queue map, backfill, replay the warm-up, then process live rows until the live source
-//! ends or the run is cancelled, and end the registration however the run ends.
+//! ends or the run is cancelled, and end the registration however the run ends. While
+//! the run lives its registration's lease is renewed (see
+//! [`GatewayClient::keep_alive`]).
 //!
 //! Without an explicit start the range is the warm-up's own, and each feed asks its
 //! loader for only the newest rows its warm-up replays ([`CacheLoader::fetch_last`]: a
@@ -19,9 +21,23 @@
 //! table. Every node that executes here (every node except streams and nodes read from
 //! a queue; with a JSON-lines live source, streams too) is recorded there as it
 //! produces rows, warm-up included, so that other strategies can read it as a queue:
-//! buffered, written at the end of every live cycle (at least once per poll interval)
-//! and at shutdown. Without a queue store nothing is recorded, and a warning says that
-//! strategies mapping these nodes will get no rows.
+//! the warm-up is replayed in slices of [`REPLAY_SLICE_ROWS`] rows per feed and each
+//! slice's outputs are written before the next is replayed; live outputs are written at
+//! the end of every live cycle (at least once per poll interval) and at shutdown. Without
+//! a queue store nothing is recorded, and a warning says that strategies mapping these
+//! nodes will get no rows.
+//!
+//! The run rides out a restart of the queue store's database: the table follower tries
+//! failed polls again from the same watermark, and the recorder keeps unwritten rows in
+//! memory and writes them once the database is back (bounded by
+//! [`crate::recorder::OUTAGE_LIMIT`] and [`crate::recorder::MAX_WAITING_ROWS`]; past
+//! them the run fails). At shutdown what is left is written with a deadline of
+//! [`FINAL_WRITE_SIGNALLED`] after a signal (so the process still exits promptly) or
+//! [`FINAL_WRITE`] when the live source ended; rows that cannot be written by then fail
+//! the run with an error naming how many were not recorded.
+//!
+//! After a clean stop every output the run computed (the report's `outputs` of each
+//! recorded node, warm-up and live) is in the table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +65,16 @@ use crate::Mode;
 
 /// How long ending the registration may take at shutdown.
 const END_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Input rows per feed in one slice of the warm-up replay; the outputs of a slice are
+/// recorded before the next slice is replayed.
+pub const REPLAY_SLICE_ROWS: usize = 4096;
+
+/// How long the last write may keep trying a failing database after a signal.
+pub const FINAL_WRITE_SIGNALLED: Duration = Duration::from_millis(800);
+
+/// How long the last write may keep trying a failing database when the live source ended.
+pub const FINAL_WRITE: Duration = Duration::from_secs(30);
 
 /// Ends a registration, best effort: a failure is logged, never returned.
 pub(super) async fn end_registration(client: &GatewayClient, strategy_id: &str) {
@@ -91,7 +117,9 @@ struct QueueStore {
 /// Runs a dryrun or live strategy; see the module docs.
 pub(super) async fn run(runner: Runner, dag: Dag) -> Result<Report, RunError> {
     let url = runner.gateway_url.clone().unwrap_or_default();
-    let client = GatewayClient::new(&url)?.token(runner.gateway_token.clone());
+    let client = GatewayClient::new(&url)?
+        .token(runner.gateway_token.clone())
+        .stop_retrying_on(runner.cancel.clone());
 
     // Open everything that can fail on bad input before registering.
     let loaders = runner.open_sources(&dag).await?;
@@ -109,7 +137,9 @@ pub(super) async fn run(runner: Runner, dag: Dag) -> Result<Report, RunError> {
     };
     let registration = client.register(&dag, run_type).await?;
     let id = registration.strategy_id.clone();
+    let heartbeat = client.keep_alive(&registration);
     let result = run_registered(&runner, &dag, loaders, store, recorder, &registration).await;
+    drop(heartbeat);
     end_registration(&client, &id).await;
     let mut report = result?;
     report.live.strategy_id = Some(id);
@@ -299,6 +329,9 @@ async fn run_registered(
 
     // Serve metrics for the length of the run.
     let (metrics, _server) = runner.serve_metrics().await?;
+    if let Some(recorder) = &mut recorder {
+        recorder.set_waiting_gauge(metrics.recorder_rows_waiting.clone());
+    }
 
     // Backfill every feed.
     let began = Instant::now();
@@ -357,25 +390,60 @@ async fn run_registered(
         None => {}
     }
 
-    // Replay the warm-up when every job completed, and record what it produced.
+    // Replay the warm-up when every job completed, slice by slice, recording what each
+    // slice produced. A signal during the warm-up replay stops the run cleanly, like one
+    // during the backfill: what was replayed is recorded and reported.
     let all_completed = job_reports.iter().all(|j| j.status == JobStatus::Completed);
     let began = Instant::now();
     let mut events = 0;
+    let mut spare: Vec<Recorded> = Vec::new();
     if all_completed {
         let inputs: Vec<(Feed, &Columns)> =
             feeds.iter().map(|f| f.target).zip(history.iter()).collect();
-        // A signal during the warm-up replay stops the run cleanly, like one during
-        // the backfill: what was replayed is recorded and reported.
-        events = match replay_feeds(&mut exec, &inputs) {
-            Ok(n) => n,
-            Err(ReplayError::Cancelled { events }) => events,
-            Err(e) => return Err(e.into()),
-        };
+        let mut slices = ReplaySlices::new(&inputs);
+        while !runner.cancel.is_cancelled() && slices.advance(REPLAY_SLICE_ROWS) {
+            let pushed_before: Vec<u64> = stream_outputs(&exec, &feeds);
+            let (done, cancelled) = match replay_feeds(&mut exec, &slices.current()) {
+                Ok(n) => (n, false),
+                Err(ReplayError::Cancelled { events }) => (events, true),
+                Err(e) => return Err(e.into()),
+            };
+            events += done;
+            // Streams emit nothing to the buffer: keep the rows the slice pushed.
+            let pushed = stream_outputs(&exec, &feeds);
+            for ((f, slice), (before, after)) in feeds
+                .iter()
+                .zip(&slices.scratch)
+                .zip(pushed_before.iter().zip(&pushed))
+            {
+                let rows = (after - before) as usize;
+                buffer.push_columns(&f.feed.node_id, slice, 0..rows.min(slice.len()));
+            }
+            if let Some(recorder) = &mut recorder {
+                record_cycle(
+                    recorder,
+                    &buffer,
+                    &mut spare,
+                    store.as_ref(),
+                    &runner.cancel,
+                )
+                .await?;
+            }
+            if cancelled {
+                break;
+            }
+        }
     }
     let replay_s = began.elapsed().as_secs_f64();
-    let mut spare: Vec<Recorded> = Vec::new();
     if let Some(recorder) = &mut recorder {
-        record_cycle(recorder, &buffer, &mut spare, store.as_ref()).await?;
+        record_cycle(
+            recorder,
+            &buffer,
+            &mut spare,
+            store.as_ref(),
+            &runner.cancel,
+        )
+        .await?;
     }
     let outputs_after_replay = total_outputs(&exec);
 
@@ -466,6 +534,7 @@ async fn run_registered(
                 }
                 if let Some(index) = plan.stream {
                     exec.cache_mut(index).append(0, ts, values);
+                    buffer.push_row(&plan.feed.node_id, ts, values);
                 }
                 exec.stage(plan.target, ts, values);
                 staged = Some(ts);
@@ -480,7 +549,14 @@ async fn run_registered(
             }
 
             if let Some(recorder) = &mut recorder {
-                record_cycle(recorder, &buffer, &mut spare, store.as_ref()).await?;
+                record_cycle(
+                    recorder,
+                    &buffer,
+                    &mut spare,
+                    store.as_ref(),
+                    &runner.cancel,
+                )
+                .await?;
             }
             if !more {
                 break;
@@ -493,6 +569,28 @@ async fn run_registered(
         );
     }
     live.live_outputs = total_outputs(&exec).saturating_sub(outputs_after_replay);
+
+    // Write what is left, waiting only briefly for a failing database after a signal
+    // (also when the signal comes during a longer last write).
+    if let Some(recorder) = &mut recorder {
+        buffer.swap_out(&mut spare);
+        let fail = |source| record_error(store.as_ref(), source);
+        recorder.buffer_recorded(spare.iter()).map_err(fail)?;
+        let mut written = None;
+        if !runner.cancel.is_cancelled() {
+            written = tokio::select! {
+                biased;
+                result = recorder.finish(FINAL_WRITE) => Some(result),
+                () = runner.cancel.cancelled() => None,
+            };
+        }
+        let written = match written {
+            Some(result) => result,
+            None => recorder.finish(FINAL_WRITE_SIGNALLED).await,
+        };
+        written.map_err(fail)?;
+        tracing::info!(rows = recorder.written(), "recorder.finished");
+    }
     if runner.track_reads {
         export_cache_reads(&exec, &metrics);
     }
@@ -542,6 +640,14 @@ fn live_feed(node: &NodeSpec) -> LiveFeed {
         interval: node.interval,
         fields: node.fields.clone().into(),
     }
+}
+
+/// Rows pushed so far by each feed that is a stream (0 for other feeds).
+fn stream_outputs(exec: &Executor, feeds: &[FeedPlan]) -> Vec<u64> {
+    feeds
+        .iter()
+        .map(|f| f.stream.map_or(0, |index| exec.stats(index).outputs))
+        .collect()
 }
 
 fn total_outputs(exec: &Executor) -> u64 {
@@ -637,19 +743,108 @@ fn recorded_nodes(runner: &Runner, dag: &Dag, exec: &Executor) -> Result<Vec<Nod
     Ok(chosen)
 }
 
-/// Writes what the recorded nodes produced since the previous cycle.
+/// Writes what the recorded nodes produced since the previous cycle, riding out a
+/// database outage ([`Recorder::record`]).
 async fn record_cycle(
     recorder: &mut Recorder,
     buffer: &OutputBuffer,
     spare: &mut Vec<Recorded>,
     store: Option<&QueueStore>,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), RunError> {
     buffer.swap_out(spare);
-    let fail = |source| RunError::Record {
+    // The rows are buffered before the first await; a signal cuts the write short, and
+    // what it had not finished is written by the run's last write.
+    tokio::select! {
+        biased;
+        result = recorder.record(spare.iter()) => {
+            result.map_err(|source| record_error(store, source))
+        }
+        () = cancel.cancelled() => Ok(()),
+    }
+}
+
+fn record_error(store: Option<&QueueStore>, source: crate::recorder::RecordError) -> RunError {
+    RunError::Record {
         spec: store.map_or_else(String::new, |s| s.spec.to_string()),
         source,
-    };
-    recorder.persist_recorded(spare.iter()).await.map_err(fail)
+    }
+}
+
+/// Cuts the warm-up's feeds into consecutive slices of time, each holding at most about
+/// `rows` rows per feed and never splitting the rows of one time, so that replaying the
+/// slices one after another is the same as replaying the feeds at once.
+struct ReplaySlices<'a> {
+    feeds: &'a [(Feed, &'a Columns)],
+    cursors: Vec<usize>,
+    scratch: Vec<Columns>,
+}
+
+impl<'a> ReplaySlices<'a> {
+    fn new(feeds: &'a [(Feed, &'a Columns)]) -> Self {
+        ReplaySlices {
+            feeds,
+            cursors: vec![0; feeds.len()],
+            scratch: feeds
+                .iter()
+                .map(|(_, c)| Columns {
+                    ts: Vec::new(),
+                    values: vec![Vec::new(); c.values.len()],
+                })
+                .collect(),
+        }
+    }
+
+    /// Moves to the next slice; `false` when every row has been handed out.
+    fn advance(&mut self, rows: usize) -> bool {
+        // The slice ends before the earliest time found `rows` rows ahead in any feed;
+        // when rows of that one time fill a whole slice, it ends after them.
+        let bound = self
+            .feeds
+            .iter()
+            .zip(&self.cursors)
+            .filter_map(|((_, c), &at)| c.ts.get(at + rows).copied())
+            .min();
+        let ends = |inclusive: bool| -> Vec<usize> {
+            self.feeds
+                .iter()
+                .zip(&self.cursors)
+                .map(|((_, c), &at)| match bound {
+                    None => c.ts.len(),
+                    Some(b) => at + c.ts[at..].partition_point(|&t| t < b || (inclusive && t == b)),
+                })
+                .collect()
+        };
+        let mut until = ends(false);
+        if until.iter().zip(&self.cursors).all(|(e, at)| e == at) {
+            until = ends(true);
+        }
+        if until.iter().zip(&self.cursors).all(|(e, at)| e == at) {
+            return false;
+        }
+
+        // Copy the slice's rows into the scratch columns.
+        for (k, ((_, from), into)) in self.feeds.iter().zip(&mut self.scratch).enumerate() {
+            let range = self.cursors[k]..until[k];
+            into.ts.clear();
+            into.ts.extend_from_slice(&from.ts[range.clone()]);
+            for (column, source) in into.values.iter_mut().zip(&from.values) {
+                column.clear();
+                column.extend_from_slice(&source[range.clone()]);
+            }
+        }
+        self.cursors = until;
+        true
+    }
+
+    /// The current slice, as replay inputs.
+    fn current(&self) -> Vec<(Feed, &Columns)> {
+        self.feeds
+            .iter()
+            .map(|(feed, _)| *feed)
+            .zip(self.scratch.iter())
+            .collect()
+    }
 }
 
 /// Keeps each feed's backfilled rows, in order, for the cache merge and the replay.
@@ -692,5 +887,53 @@ impl ChunkSink for FeedSink {
             into.extend_from_slice(from);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(ts: &[Timestamp]) -> Columns {
+        Columns {
+            ts: ts.to_vec(),
+            values: vec![ts.iter().map(|&t| t as f64).collect()],
+        }
+    }
+
+    #[test]
+    fn replay_slices_hand_out_every_row_once_and_never_split_a_time() {
+        let cases: [(&[Timestamp], &[Timestamp], usize); 4] = [
+            (&[1, 2, 3, 4, 5, 6, 7], &[2, 4, 6, 8], 2),
+            (&[5, 5, 5, 5, 6], &[5, 7], 2),
+            (&[], &[1, 2, 3], 1),
+            (&[1, 1, 1], &[1, 1], 1),
+        ];
+        for (a, b, rows) in cases {
+            let (a, b) = (columns(a), columns(b));
+            let feeds = [(Feed::Node(0), &a), (Feed::Node(1), &b)];
+            let mut slices = ReplaySlices::new(&feeds);
+            let mut seen: Vec<Vec<Timestamp>> = vec![Vec::new(); 2];
+            let mut last_max: Option<Timestamp> = None;
+            while slices.advance(rows) {
+                let slice = slices.current();
+                let times: Vec<Timestamp> = slice
+                    .iter()
+                    .flat_map(|(_, c)| c.ts.iter().copied())
+                    .collect();
+                assert!(!times.is_empty());
+                let min = *times.iter().min().unwrap();
+                assert!(
+                    last_max.is_none_or(|m| m < min),
+                    "a time split across slices"
+                );
+                last_max = times.iter().max().copied();
+                for (k, (_, c)) in slice.iter().enumerate() {
+                    assert_eq!(c.values[0].len(), c.ts.len());
+                    seen[k].extend_from_slice(&c.ts);
+                }
+            }
+            assert_eq!(seen, [a.ts.clone(), b.ts.clone()]);
+        }
     }
 }

@@ -60,15 +60,24 @@ impl Default for MomentumStrategy {
     }
 }
 
-fn sma(name: &str, input: &NodeRef, window: u64) -> Node {
+/// The fields of momentum's `bars` stream, in order.
+const BAR_FIELDS: [&str; 5] = ["open", "high", "low", "close", "volume"];
+
+/// A `window`-bar moving average of `bars`' close. The field's position is found once,
+/// here, rather than by name on every event.
+fn sma(name: &str, bars: &NodeRef, window: u64) -> Node {
+    let close = BAR_FIELDS
+        .iter()
+        .position(|f| *f == "close")
+        .expect("the bars stream declares close");
     Node::new(name)
-        .input(input)
+        .input(bars)
         .period(window)
         .fields(["sma"])
         .config(serde_json::json!({ "window": window, "field": "close" }))
-        .compute("sma@1", |view| {
-            let close = view.input(0).field("close")?;
-            Some(Row::one(close.iter().sum::<f64>() / close.len() as f64))
+        .compute("sma@1", move |view| {
+            let bars = view.input(0);
+            Some(Row::one(bars.sum_at(close) / bars.len() as f64))
         })
 }
 
@@ -78,7 +87,7 @@ impl Strategy for MomentumStrategy {
             StreamInput::new("bars")
                 .interval("1h")
                 .period(20)
-                .fields(["open", "high", "low", "close", "volume"])
+                .fields(BAR_FIELDS)
                 .tags(["ohlcv"]),
         )?;
         let fast = dag.node(sma("sma_fast", &bars, self.fast))?;

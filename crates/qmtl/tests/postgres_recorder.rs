@@ -1,7 +1,10 @@
 //! The recorder against a real PostgreSQL server started by the test (see
 //! `support/pg.rs`): a backtest records the signal node's outputs, a second run backfills
 //! them and sees the same figures and values; recording is idempotent; missing tables
-//! and columns are created; a hand-made table without a key gets one.
+//! and columns are created; a hand-made table without a key gets one. Through a database
+//! restart the recorder keeps what it could not write and writes it once, afterwards;
+//! at the end of a run it gives up on a database that stays down by its deadline and
+//! says how many rows were not recorded.
 
 #[path = "support/pg.rs"]
 mod pg;
@@ -12,7 +15,8 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::RecordBatch;
-use qmtl::recorder::{Dialect, RecordError, Recorder};
+use qmtl::batch::Columns;
+use qmtl::recorder::{Dialect, RecordError, Recorded, Recorder};
 use qmtl::sources::{Flavor, LoaderOptions, PgSource};
 use qmtl::strategies::MomentumStrategy;
 use qmtl::{
@@ -241,4 +245,145 @@ async fn recording_to_a_file_or_an_unknown_node_is_a_usage_error() {
         .unwrap_err();
     assert!(run.is_usage());
     assert!(run.to_string().contains("'nope'"), "{run}");
+}
+
+/// `rows` outputs of one node at hourly times from `first`, value = time.
+fn outputs(node: &NodeId, first: i64, rows: i64) -> Recorded {
+    let ts: Vec<i64> = (0..rows).map(|k| first + k * 3600).collect();
+    Recorded {
+        node_id: node.clone(),
+        interval: Interval::from_secs(3600).unwrap(),
+        fields: vec!["v".to_owned()],
+        columns: Columns {
+            values: vec![ts.iter().map(|&t| t as f64).collect()],
+            ts,
+        },
+    }
+}
+
+#[tokio::test]
+async fn rows_recorded_while_the_database_restarts_are_written_once_when_it_is_back() {
+    let server = pg::private();
+    let spec = format!("postgres:{}", server.dsn());
+    let mut recorder = Recorder::open(&spec, "outage").await.unwrap();
+    let node = NodeId::from_hex("feed");
+
+    // Before: written at once.
+    recorder.record([&outputs(&node, 0, 500)]).await.unwrap();
+    assert_eq!(recorder.waiting(), 0);
+
+    // During: kept in memory, in order, and no error while under the bound. (The test
+    // server runs with synchronous_commit=off, so an immediate stop could lose its own
+    // last acknowledged commits; a checkpoint first makes them durable.)
+    server.psql("CHECKPOINT");
+    server.stop();
+    recorder
+        .record([&outputs(&node, 500 * 3600, 700)])
+        .await
+        .unwrap();
+    recorder
+        .record([&outputs(&node, 1200 * 3600, 300)])
+        .await
+        .unwrap();
+    assert_eq!(recorder.waiting(), 1000);
+
+    // After: the waiting rows and new ones are written, each key once.
+    server.start();
+    let began = std::time::Instant::now();
+    while recorder.waiting() > 0 {
+        assert!(
+            began.elapsed().as_secs() < 30,
+            "still {} waiting",
+            recorder.waiting()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        recorder.record([]).await.unwrap();
+    }
+    recorder
+        .record([&outputs(&node, 1500 * 3600, 10)])
+        .await
+        .unwrap();
+    recorder
+        .finish(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (count, distinct, min, max) = (
+        server.psql("SELECT count(*) FROM outage"),
+        server.psql("SELECT count(DISTINCT ts) FROM outage"),
+        server.psql("SELECT min(ts) FROM outage"),
+        server.psql("SELECT max(ts) FROM outage"),
+    );
+    let spread = server.psql("SELECT ts / 3600 / 100, count(*) FROM outage GROUP BY 1 ORDER BY 1");
+    assert_eq!(
+        (count.as_str(), distinct.as_str()),
+        ("1510", "1510"),
+        "{spread}"
+    );
+    assert_eq!(
+        (min.as_str(), max.as_str()),
+        ("0", &*(1509 * 3600).to_string())
+    );
+    assert_eq!(
+        server.psql("SELECT count(*) FROM outage WHERE v <> ts"),
+        "0"
+    );
+    assert_eq!(recorder.written(), 1510);
+}
+
+#[tokio::test]
+async fn finishing_against_a_database_that_stays_down_names_the_rows_not_recorded() {
+    let server = pg::private();
+    let spec = format!("postgres:{}", server.dsn());
+    let mut recorder = Recorder::open(&spec, "down").await.unwrap();
+    server.stop();
+    let node = NodeId::from_hex("feed");
+    recorder.record([&outputs(&node, 0, 42)]).await.unwrap();
+
+    let began = std::time::Instant::now();
+    let err = recorder
+        .finish(std::time::Duration::from_millis(800))
+        .await
+        .unwrap_err();
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(
+        matches!(err, RecordError::Unwritten { rows: 42, .. }),
+        "{err}"
+    );
+    assert!(!err.is_usage() && !err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.contains("42 row(s)") && text.contains("down"),
+        "{text}"
+    );
+    assert!(!text.contains(&server.password), "{text}");
+    assert_eq!(recorder.waiting(), 42);
+}
+
+#[tokio::test]
+async fn more_rows_waiting_than_the_bound_fail_the_recording_instead_of_growing() {
+    let server = pg::private();
+    let spec = format!("postgres:{}", server.dsn());
+    let mut recorder = Recorder::open(&spec, "bounded").await.unwrap();
+    server.stop();
+    let node = NodeId::from_hex("feed");
+    let bound = qmtl::recorder::MAX_WAITING_ROWS;
+    recorder
+        .record([&outputs(&node, 0, bound as i64)])
+        .await
+        .unwrap();
+
+    // One row more, still within the backoff of the first failure: it fails at once.
+    let err = recorder
+        .record([&outputs(&node, bound as i64 * 3600, 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RecordError::Outage { rows, .. } if rows == bound + 1),
+        "{err}"
+    );
+    assert!(!err.is_usage(), "a runtime failure: exit 1");
 }

@@ -11,6 +11,14 @@
 //! interval and tags). A unique index on the DAG hash of active strategies makes "the
 //! same DAG registered twice" a conflict even between gateways sharing PostgreSQL.
 //!
+//! Two columns make registration safe to retry and bounded in time, and both survive a
+//! restart since they are stored with the strategy: `idempotency_key` (the client's key
+//! for one run; a repeat with the same key gets the original registration back instead
+//! of a conflict) and `lease_expires_ms` (epoch milliseconds; a strategy whose lease
+//! has passed is ended by [`Store::expire`], which every handler runs first, and by the
+//! registration transaction itself). Tables made by an older gateway get the columns
+//! added on open.
+//!
 //! This module owns the store spec (`sqlite:PATH`, `sqlite::memory:`, `postgres:DSN`),
 //! which never shows a DSN password when printed, and [`StoreError`].
 
@@ -210,6 +218,26 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// An idempotency key came back with a different DAG than it was first sent with.
+    #[error(
+        "idempotency key '{key}' was first used for strategy {strategy_id} with a \
+         different DAG; use a new key for each run"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The strategy first registered with it.
+        strategy_id: String,
+    },
+    /// An idempotency key came back after its strategy ended (deleted or lease lapsed).
+    #[error(
+        "strategy {strategy_id}, registered with this idempotency key, has ended (deleted \
+         or its lease lapsed); register again with a new key"
+    )]
+    KeyEnded {
+        /// The ended strategy.
+        strategy_id: String,
+    },
     /// The same DAG is registered and active already.
     #[error(
         "the same DAG (hash {dag_hash}) is already registered as active strategy \
@@ -320,10 +348,40 @@ pub struct NewStrategy {
     pub run_type: &'static str,
     /// Registration time, epoch seconds.
     pub created_at: i64,
+    /// Registration time, epoch milliseconds (leases are kept in milliseconds).
+    pub now_ms: i64,
+    /// The client's key for this registration, when it sent one.
+    pub idempotency_key: Option<String>,
+    /// When the lease ends, epoch milliseconds (`None`: never).
+    pub lease_expires_ms: Option<i64>,
     /// The DAG's nodes.
     pub nodes: Vec<NodeRow>,
     /// Its tag queries.
     pub tag_queries: Vec<TagQuery>,
+}
+
+/// What a registration stored, or found already stored under its idempotency key.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The strategy's id (the original one for a repeat).
+    pub strategy_id: String,
+    /// Its queue map (the original one for a repeat).
+    pub queue_map: Map<String, Value>,
+    /// Whether this was a repeat of an earlier registration with the same key.
+    pub repeated: bool,
+    /// Strategies the registration's transaction ended because their lease passed.
+    pub expired: u64,
+}
+
+/// The outcome of renewing a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The strategy is active; its lease now ends later.
+    Renewed,
+    /// The strategy exists but has ended (deleted, or its lease lapsed).
+    Ended,
+    /// No such strategy.
+    Unknown,
 }
 
 /// A stored strategy.
@@ -411,12 +469,16 @@ impl Store {
         }
     }
 
-    /// Stores a registration and returns the queue map it gets, in one transaction.
+    /// Stores a registration and returns the queue map it gets, in one transaction that
+    /// first ends strategies whose lease has passed. A registration carrying the
+    /// idempotency key of an active strategy with the same DAG gets that strategy back
+    /// (its lease renewed) instead of a conflict.
     ///
     /// # Errors
-    /// [`StoreError::Duplicate`] when an active strategy has the same DAG hash; other
-    /// variants for database failures.
-    pub async fn register(&self, new: NewStrategy) -> Result<Map<String, Value>, StoreError> {
+    /// [`StoreError::Duplicate`] when an active strategy has the same DAG hash;
+    /// [`StoreError::KeyReused`] and [`StoreError::KeyEnded`] for a key already used
+    /// with another DAG or by an ended strategy; other variants for database failures.
+    pub async fn register(&self, new: NewStrategy) -> Result<Registered, StoreError> {
         match self {
             Store::Sqlite(s) => s.register(new).await,
             Store::Postgres(s) => s.register(new).await,
@@ -446,6 +508,47 @@ impl Store {
         }
     }
 
+    /// Ends every active strategy whose lease ended at or before `now_ms`; returns how
+    /// many it ended.
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.expire(now_ms).await,
+            Store::Postgres(s) => s.expire(now_ms).await,
+        }
+    }
+
+    /// Moves the lease of active strategy `strategy_id` to end at `until_ms`, unless it
+    /// has already lapsed at `now_ms` (a lapsed lease is never revived).
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn renew(
+        &self,
+        strategy_id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Renewal, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.renew(strategy_id, now_ms, until_ms).await,
+            Store::Postgres(s) => s.renew(strategy_id, now_ms, until_ms).await,
+        }
+    }
+
+    /// Ends the strategy registered with idempotency key `key`; returns its id, or
+    /// `None` when no strategy has that key.
+    ///
+    /// # Errors
+    /// [`StoreError`] for database failures.
+    pub async fn end_by_key(&self, key: &str, ended_at: i64) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.end_by_key(key, ended_at).await,
+            Store::Postgres(s) => s.end_by_key(key, ended_at).await,
+        }
+    }
+
     /// Queues of active strategies at `interval` whose tags match `tags` under `mode`.
     ///
     /// # Errors
@@ -472,6 +575,34 @@ impl Store {
             Store::Postgres(s) => s.active_count().await,
         }
     }
+}
+
+/// What a registration finds stored under its idempotency key:
+/// `(strategy_id, dag_hash, status, queue_map)`.
+pub(crate) type KeyedRow = (String, String, String, String);
+
+/// The answer to a registration whose key is already stored (see [`Store::register`]).
+pub(crate) fn repeat_of(
+    new: &NewStrategy,
+    row: KeyedRow,
+    expired: u64,
+) -> Result<Registered, StoreError> {
+    let (strategy_id, dag_hash, status, queue_map) = row;
+    if dag_hash != new.dag_hash {
+        return Err(StoreError::KeyReused {
+            key: new.idempotency_key.clone().unwrap_or_default(),
+            strategy_id,
+        });
+    }
+    if Status::parse(&status) != Status::Active {
+        return Err(StoreError::KeyEnded { strategy_id });
+    }
+    Ok(Registered {
+        queue_map: parse_queue_map(&strategy_id, &queue_map)?,
+        strategy_id,
+        repeated: true,
+        expired,
+    })
 }
 
 /// Parses a stored queue map.

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use qmtl::TagMatch;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::{
-    build_queue_map, matching_queues, parse_queue_map, Candidate, NewStrategy, Status, StoreError,
-    StrategyRecord,
+    build_queue_map, matching_queues, parse_queue_map, repeat_of, Candidate, KeyedRow, NewStrategy,
+    Registered, Renewal, Status, StoreError, StrategyRecord,
 };
 
 const SCHEMA: &str = "
@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS gateway_strategies (
     created_at  BIGINT NOT NULL,
     ended_at    BIGINT
 );
+ALTER TABLE gateway_strategies ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
+ALTER TABLE gateway_strategies ADD COLUMN IF NOT EXISTS lease_expires_ms BIGINT;
+CREATE UNIQUE INDEX IF NOT EXISTS gateway_strategies_key
+    ON gateway_strategies (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gateway_strategies_lease
+    ON gateway_strategies (lease_expires_ms) WHERE status = 'active';
 CREATE UNIQUE INDEX IF NOT EXISTS gateway_strategies_active_dag
     ON gateway_strategies (dag_hash) WHERE status = 'active';
 CREATE TABLE IF NOT EXISTS gateway_nodes (
@@ -58,6 +64,14 @@ const SCHEMA_LOCK: i64 = 0x716d_746c_6777;
 
 const ACTIVE_BY_HASH: &str =
     "SELECT strategy_id FROM gateway_strategies WHERE dag_hash = $1 AND status = 'active'";
+
+const EXPIRE: &str = "
+UPDATE gateway_strategies SET status = 'ended', ended_at = $2
+WHERE status = 'active' AND lease_expires_ms IS NOT NULL AND lease_expires_ms <= $1";
+
+const BY_KEY: &str = "
+SELECT strategy_id, dag_hash, status, queue_map
+FROM gateway_strategies WHERE idempotency_key = $1";
 
 const INSERT_NODES: &str = "
 INSERT INTO gateway_nodes (strategy_id, ord, node_id, node_type, name, interval_s, tags)
@@ -152,32 +166,109 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn register(
-        &self,
-        new: NewStrategy,
-    ) -> Result<Map<String, Value>, StoreError> {
+    pub(super) async fn register(&self, new: NewStrategy) -> Result<Registered, StoreError> {
         let op = "register";
         let mut client = self.client().await?;
         let result = register(&mut client, &new).await;
-        match result {
-            Err(StoreError::Postgres { source, .. })
-                if source.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
-            {
-                // Another gateway registered the same DAG between our check and insert.
-                let row = client
-                    .query_opt(ACTIVE_BY_HASH, &[&new.dag_hash])
-                    .await
-                    .map_err(pg(op))?;
-                match row {
-                    Some(row) => Err(StoreError::Duplicate {
-                        dag_hash: new.dag_hash.clone(),
-                        strategy_id: row.get(0),
-                    }),
-                    None => Err(StoreError::Postgres { op, source }),
-                }
+
+        // Each statement reads the latest commits, so a request with the same key may
+        // have committed between our key lookup and our duplicate check (we see a
+        // duplicate) or our insert (a unique violation): look the key up again.
+        let raced = match &result {
+            Err(StoreError::Duplicate { .. }) => true,
+            Err(StoreError::Postgres { source, .. }) => {
+                source.code() == Some(&SqlState::UNIQUE_VIOLATION)
             }
-            other => other,
+            _ => false,
+        };
+        if !raced {
+            return result;
         }
+        if let Some(key) = &new.idempotency_key {
+            if let Some(row) = client.query_opt(BY_KEY, &[key]).await.map_err(pg(op))? {
+                return repeat_of(&new, keyed(&row), 0);
+            }
+        }
+        let Err(StoreError::Postgres { source, .. }) = result else {
+            return result;
+        };
+
+        // Another gateway registered the same DAG between our check and our insert.
+        let row = client
+            .query_opt(ACTIVE_BY_HASH, &[&new.dag_hash])
+            .await
+            .map_err(pg(op))?;
+        match row {
+            Some(row) => Err(StoreError::Duplicate {
+                dag_hash: new.dag_hash.clone(),
+                strategy_id: row.get(0),
+            }),
+            None => Err(StoreError::Postgres { op, source }),
+        }
+    }
+
+    pub(super) async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let op = "expire leases";
+        let client = self.client().await?;
+        client
+            .execute(EXPIRE, &[&now_ms, &now_ms.div_euclid(1000)])
+            .await
+            .map_err(pg(op))
+    }
+
+    pub(super) async fn renew(
+        &self,
+        id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Renewal, StoreError> {
+        let op = "renew lease";
+        let client = self.client().await?;
+        let renewed = client
+            .execute(
+                "UPDATE gateway_strategies SET lease_expires_ms = $3 \
+                 WHERE strategy_id = $1 AND status = 'active' \
+                 AND (lease_expires_ms IS NULL OR lease_expires_ms > $2)",
+                &[&id, &now_ms, &until_ms],
+            )
+            .await
+            .map_err(pg(op))?;
+        if renewed > 0 {
+            return Ok(Renewal::Renewed);
+        }
+        let known = client
+            .query_opt(
+                "SELECT 1 FROM gateway_strategies WHERE strategy_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg(op))?
+            .is_some();
+        Ok(if known {
+            Renewal::Ended
+        } else {
+            Renewal::Unknown
+        })
+    }
+
+    pub(super) async fn end_by_key(
+        &self,
+        key: &str,
+        ended_at: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let op = "end strategy by key";
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE gateway_strategies \
+                 SET status = CASE WHEN status = 'active' THEN 'ended' ELSE status END, \
+                     ended_at = CASE WHEN status = 'active' THEN $2 ELSE ended_at END \
+                 WHERE idempotency_key = $1 RETURNING strategy_id",
+                &[&key, &ended_at],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     pub(super) async fn strategy(&self, id: &str) -> Result<Option<StrategyRecord>, StoreError> {
@@ -292,12 +383,39 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
+fn keyed(row: &tokio_postgres::Row) -> KeyedRow {
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
 async fn register(
     client: &mut deadpool_postgres::Object,
     new: &NewStrategy,
-) -> Result<Map<String, Value>, StoreError> {
+) -> Result<Registered, StoreError> {
     let op = "register";
     let tx = client.transaction().await.map_err(pg(op))?;
+
+    // End lapsed leases, so they neither conflict nor share their nodes.
+    let expired = tx
+        .execute(EXPIRE, &[&new.now_ms, &new.created_at])
+        .await
+        .map_err(pg(op))?;
+
+    // A repeat of a registration already stored gets the original back.
+    if let Some(key) = &new.idempotency_key {
+        if let Some(row) = tx.query_opt(BY_KEY, &[key]).await.map_err(pg(op))? {
+            let repeat = repeat_of(new, keyed(&row), expired)?;
+            if let Some(until) = new.lease_expires_ms {
+                tx.execute(
+                    "UPDATE gateway_strategies SET lease_expires_ms = $2 WHERE strategy_id = $1",
+                    &[&repeat.strategy_id, &until],
+                )
+                .await
+                .map_err(pg(op))?;
+            }
+            tx.commit().await.map_err(pg(op))?;
+            return Ok(repeat);
+        }
+    }
 
     // Refuse a DAG that an active strategy already has.
     if let Some(row) = tx
@@ -314,8 +432,9 @@ async fn register(
     // Store the strategy and its nodes (one statement for all nodes).
     tx.execute(
         "INSERT INTO gateway_strategies \
-         (strategy_id, dag_hash, dag_json, meta, run_type, status, queue_map, created_at) \
-         VALUES ($1, $2, $3, $4, $5, 'active', '{}', $6)",
+         (strategy_id, dag_hash, dag_json, meta, run_type, status, queue_map, created_at, \
+          idempotency_key, lease_expires_ms) \
+         VALUES ($1, $2, $3, $4, $5, 'active', '{}', $6, $7, $8)",
         &[
             &new.strategy_id,
             &new.dag_hash,
@@ -323,6 +442,8 @@ async fn register(
             &new.meta_text,
             &new.run_type,
             &new.created_at,
+            &new.idempotency_key,
+            &new.lease_expires_ms,
         ],
     )
     .await
@@ -369,7 +490,12 @@ async fn register(
     .await
     .map_err(pg(op))?;
     tx.commit().await.map_err(pg(op))?;
-    Ok(map)
+    Ok(Registered {
+        strategy_id: new.strategy_id.clone(),
+        queue_map: map,
+        repeated: false,
+        expired,
+    })
 }
 
 /// Non-tag-query nodes of active strategies other than `exclude` at `interval`.

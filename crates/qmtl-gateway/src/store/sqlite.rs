@@ -12,12 +12,12 @@ use std::sync::mpsc;
 
 use qmtl::TagMatch;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    build_queue_map, matching_queues, parse_queue_map, Candidate, NewStrategy, Status, StoreError,
-    StrategyRecord,
+    build_queue_map, matching_queues, parse_queue_map, repeat_of, Candidate, KeyedRow, NewStrategy,
+    Registered, Renewal, Status, StoreError, StrategyRecord,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS gateway_strategies (
     status      TEXT NOT NULL,
     queue_map   TEXT NOT NULL,
     created_at  INTEGER NOT NULL,
-    ended_at    INTEGER
+    ended_at    INTEGER,
+    idempotency_key  TEXT,
+    lease_expires_ms INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS gateway_strategies_active_dag
     ON gateway_strategies (dag_hash) WHERE status = 'active';
@@ -49,6 +51,33 @@ CREATE TABLE IF NOT EXISTS gateway_nodes (
 CREATE INDEX IF NOT EXISTS gateway_nodes_node_id ON gateway_nodes (node_id);
 CREATE INDEX IF NOT EXISTS gateway_nodes_interval ON gateway_nodes (interval_s);
 ";
+
+/// Columns added after the first version, for tables an older gateway created.
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    (
+        "idempotency_key",
+        "ALTER TABLE gateway_strategies ADD COLUMN idempotency_key TEXT",
+    ),
+    (
+        "lease_expires_ms",
+        "ALTER TABLE gateway_strategies ADD COLUMN lease_expires_ms INTEGER",
+    ),
+];
+
+const KEY_INDEX: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS gateway_strategies_key
+    ON gateway_strategies (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gateway_strategies_lease
+    ON gateway_strategies (lease_expires_ms) WHERE status = 'active';
+";
+
+const EXPIRE: &str = "
+UPDATE gateway_strategies SET status = 'ended', ended_at = ?2
+WHERE status = 'active' AND lease_expires_ms IS NOT NULL AND lease_expires_ms <= ?1";
+
+const BY_KEY: &str = "
+SELECT strategy_id, dag_hash, status, queue_map
+FROM gateway_strategies WHERE idempotency_key = ?1";
 
 const ACTIVE_BY_HASH: &str =
     "SELECT strategy_id FROM gateway_strategies WHERE dag_hash = ?1 AND status = 'active'";
@@ -95,6 +124,7 @@ impl SqliteStore {
                 .and_then(|conn| {
                     conn.busy_timeout(std::time::Duration::from_secs(5))?;
                     conn.execute_batch(SCHEMA)?;
+                    migrate(&conn)?;
                     Ok(conn)
                 });
                 let mut conn = match opened {
@@ -138,12 +168,86 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::SqliteClosed { op })?
     }
 
-    pub(super) async fn register(
-        &self,
-        new: NewStrategy,
-    ) -> Result<Map<String, Value>, StoreError> {
+    pub(super) async fn register(&self, new: NewStrategy) -> Result<Registered, StoreError> {
         self.call("register", move |conn| register(conn, &new))
             .await
+    }
+
+    pub(super) async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.call("expire leases", move |conn| {
+            let ended = conn
+                .execute(EXPIRE, params![now_ms, now_ms.div_euclid(1000)])
+                .map_err(sql("expire leases"))?;
+            Ok(ended as u64)
+        })
+        .await
+    }
+
+    pub(super) async fn renew(
+        &self,
+        id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Renewal, StoreError> {
+        let id = id.to_owned();
+        self.call("renew lease", move |conn| {
+            let op = "renew lease";
+            let renewed = conn
+                .execute(
+                    "UPDATE gateway_strategies SET lease_expires_ms = ?3 \
+                     WHERE strategy_id = ?1 AND status = 'active' \
+                     AND (lease_expires_ms IS NULL OR lease_expires_ms > ?2)",
+                    params![id, now_ms, until_ms],
+                )
+                .map_err(sql(op))?;
+            if renewed > 0 {
+                return Ok(Renewal::Renewed);
+            }
+            let known = conn
+                .query_row(
+                    "SELECT 1 FROM gateway_strategies WHERE strategy_id = ?1",
+                    params![id],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(sql(op))?
+                .is_some();
+            Ok(if known {
+                Renewal::Ended
+            } else {
+                Renewal::Unknown
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn end_by_key(
+        &self,
+        key: &str,
+        ended_at: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.call("end strategy by key", move |conn| {
+            let op = "end strategy by key";
+            let id: Option<String> = conn
+                .query_row(
+                    "SELECT strategy_id FROM gateway_strategies WHERE idempotency_key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql(op))?;
+            if let Some(id) = &id {
+                conn.execute(
+                    "UPDATE gateway_strategies SET status = 'ended', ended_at = ?2 \
+                     WHERE strategy_id = ?1 AND status = 'active'",
+                    params![id, ended_at],
+                )
+                .map_err(sql(op))?;
+            }
+            Ok(id)
+        })
+        .await
     }
 
     pub(super) async fn strategy(&self, id: &str) -> Result<Option<StrategyRecord>, StoreError> {
@@ -238,11 +342,53 @@ fn sql(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { op, source }
 }
 
-fn register(conn: &mut Connection, new: &NewStrategy) -> Result<Map<String, Value>, StoreError> {
+/// Adds the columns an older gateway's tables lack, then their indexes.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (column, alter) in ADDED_COLUMNS {
+        let present: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('gateway_strategies') WHERE name = ?1",
+            params![column],
+            |r| r.get(0),
+        )?;
+        if present == 0 {
+            conn.execute_batch(alter)?;
+        }
+    }
+    conn.execute_batch(KEY_INDEX)
+}
+
+fn register(conn: &mut Connection, new: &NewStrategy) -> Result<Registered, StoreError> {
     let op = "register";
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql(op))?;
+
+    // End lapsed leases, so they neither conflict nor share their nodes.
+    let expired = tx
+        .execute(EXPIRE, params![new.now_ms, new.created_at])
+        .map_err(sql(op))? as u64;
+
+    // A repeat of a registration already stored gets the original back.
+    if let Some(key) = &new.idempotency_key {
+        let row: Option<KeyedRow> = tx
+            .query_row(BY_KEY, params![key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(sql(op))?;
+        if let Some(row) = row {
+            let repeat = repeat_of(new, row, expired)?;
+            if let Some(until) = new.lease_expires_ms {
+                tx.execute(
+                    "UPDATE gateway_strategies SET lease_expires_ms = ?2 WHERE strategy_id = ?1",
+                    params![repeat.strategy_id, until],
+                )
+                .map_err(sql(op))?;
+            }
+            tx.commit().map_err(sql(op))?;
+            return Ok(repeat);
+        }
+    }
 
     // Refuse a DAG that an active strategy already has.
     let existing: Option<String> = tx
@@ -259,15 +405,18 @@ fn register(conn: &mut Connection, new: &NewStrategy) -> Result<Map<String, Valu
     // Store the strategy and its nodes.
     tx.execute(
         "INSERT INTO gateway_strategies \
-         (strategy_id, dag_hash, dag_json, meta, run_type, status, queue_map, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'active', '{}', ?6)",
+         (strategy_id, dag_hash, dag_json, meta, run_type, status, queue_map, created_at, \
+          idempotency_key, lease_expires_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', '{}', ?6, ?7, ?8)",
         params![
             new.strategy_id,
             new.dag_hash,
             new.dag_text,
             new.meta_text,
             new.run_type,
-            new.created_at
+            new.created_at,
+            new.idempotency_key,
+            new.lease_expires_ms
         ],
     )
     .map_err(sql(op))?;
@@ -314,7 +463,12 @@ fn register(conn: &mut Connection, new: &NewStrategy) -> Result<Map<String, Valu
     )
     .map_err(sql(op))?;
     tx.commit().map_err(sql(op))?;
-    Ok(map)
+    Ok(Registered {
+        strategy_id: new.strategy_id.clone(),
+        queue_map: map,
+        repeated: false,
+        expired,
+    })
 }
 
 /// Non-tag-query nodes of active strategies other than `exclude` at `interval`.

@@ -236,6 +236,89 @@ fn backfill_rejects_unsorted_history_and_merges_nothing() {
 }
 
 #[test]
+fn a_value_anywhere_in_the_next_bucket_takes_that_bucket_without_a_gap() {
+    let mut r = ring(3);
+    r.append(-H, &[0.0]);
+    for (ts, bucket) in [(0, 0), (H + H - 1, H), (2 * H, 2 * H), (3 * H + 1, 3 * H)] {
+        assert_eq!(
+            r.append(ts, &[1.0]),
+            Appended::New { gap: false },
+            "ts {ts}"
+        );
+        assert_eq!(r.last_timestamp(), Some(bucket), "ts {ts}");
+    }
+    // Two buckets on is a gap; the same bucket again replaces.
+    assert_eq!(r.append(5 * H + 7, &[2.0]), Appended::New { gap: true });
+    assert_eq!(r.append(5 * H + 9, &[3.0]), Appended::Replaced);
+    assert_eq!(r.timestamps(), [2 * H, 3 * H, 5 * H]);
+    assert_eq!(r.field_at(0), [1.0, 1.0, 3.0]);
+
+    // Near the end of time there is no next bucket to take without dividing.
+    let mut end = ring(2);
+    let last = Interval::HOUR.bucket(i64::MAX);
+    end.append(last - H, &[1.0]);
+    assert_eq!(end.append(i64::MAX, &[2.0]), Appended::New { gap: false });
+    assert_eq!(end.timestamps(), [last - H, last]);
+    assert_eq!(end.append(i64::MAX, &[3.0]), Appended::Replaced);
+}
+
+#[test]
+fn window_sums_depend_only_on_the_values_held() {
+    let fields: Arc<[String]> = vec!["close".to_owned()].into();
+    let value = |k: i64| 100.0 + (k as f64 * 0.37).sin() * 5.0;
+
+    // One cache fed live for a long time, one backfilled with only the last rows.
+    let mut live = NodeCache::new(id("n"), 30, &[(id("u"), Interval::HOUR, fields.clone())]);
+    for k in 0..1000 {
+        live.append(0, k * H, &[value(k)]);
+    }
+    let mut merged = NodeCache::new(id("n"), 30, &[(id("u"), Interval::HOUR, fields)]);
+    let ts: Vec<i64> = (970..1000).map(|k| k * H).collect();
+    let close: Vec<f64> = (970..1000).map(value).collect();
+    let rows = BulkRows {
+        ts: &ts,
+        columns: &[&close],
+    };
+    merged
+        .backfill_bulk(&id("u"), Interval::HOUR, rows, (0, 1000 * H))
+        .unwrap();
+
+    let (a, b) = (live.view().input(0), merged.view().input(0));
+    assert_eq!(a.sum_at(0).to_bits(), b.sum_at(0).to_bits());
+    assert_eq!(a.mean("CLOSE"), b.mean("close"));
+    let plain: f64 = close.iter().sum();
+    assert!(
+        (a.sum_at(0) - plain).abs() < 1e-9,
+        "{} vs {plain}",
+        a.sum_at(0)
+    );
+    assert!(a.sum("volume").is_none());
+}
+
+#[test]
+fn window_sums_are_exact_on_integers_zero_when_empty_and_nan_with_a_nan() {
+    for period in [1, 7, 8, 9, 30] {
+        let mut r = ring(period);
+        let mut c = cache(period);
+        assert_eq!(c.view().input(0).sum_at(0), 0.0);
+        assert!(c.view().input(0).mean("v").unwrap().is_nan());
+        for k in 1..=100 {
+            r.append(k * H, &[k as f64]);
+            c.append(0, k * H, &[k as f64]);
+        }
+        let want: f64 = r.field_at(0).iter().sum();
+        assert_eq!(c.view().input(0).sum_at(0), want, "period {period}");
+        assert_eq!(
+            c.view().input(0).mean("v"),
+            Some(want / period as f64),
+            "period {period}"
+        );
+        c.append(0, 101 * H, &[f64::NAN]);
+        assert!(c.view().input(0).sum_at(0).is_nan(), "period {period}");
+    }
+}
+
+#[test]
 fn view_reads_fields_by_name_latest_and_in_order() {
     let fields: Arc<[String]> = vec!["Open".to_owned(), "close".to_owned()].into();
     let mut c = NodeCache::new(id("n"), 3, &[(id("u"), Interval::HOUR, fields)]);
@@ -347,6 +430,26 @@ fn model(period: usize, log: &[Op]) -> Vec<(i64, f64)> {
 }
 
 proptest! {
+    /// Live values at any second, in any order, end as the plain rules applied to their
+    /// buckets say (the next bucket, taken without a division, included).
+    #[test]
+    fn live_values_at_any_second_follow_the_rules_of_their_buckets(
+        steps in proptest::collection::vec((-2i64..4, 0..H, any::<i32>()), 1..60),
+        period in 1usize..6,
+    ) {
+        let mut r = ring(period);
+        let mut log = Vec::new();
+        let mut k = 0i64;
+        for (step, second, v) in steps {
+            k += step;
+            r.append(k * H + second, &[f64::from(v)]);
+            log.push(Op::Live(k, v));
+        }
+        let got: Vec<(i64, f64)> =
+            r.timestamps().iter().copied().zip(r.field_at(0).iter().copied()).collect();
+        prop_assert_eq!(got, model(period, &log));
+    }
+
     /// Live appends and history merges racing on two threads: whatever order the lock
     /// gave them, the cache ends exactly as the plain rules applied in that order say, so
     /// no live update is lost and live values win on equal buckets.

@@ -333,6 +333,21 @@ mod tests {
         }
     }
 
+    /// Regression: a URL DSN with a port but no host (`@:8812`) was accepted, and the
+    /// run then retried connecting to ":8812" and failed as unreachable (exit 1).
+    #[test]
+    fn a_dsn_with_a_port_but_no_host_names_the_missing_host() {
+        for text in [
+            "questdb:postgresql://u:secret4@:8812/qdb",
+            "postgresql://u:secret5@:5432/db",
+            "postgres:postgres://u@%20:5432/db",
+        ] {
+            let err = text.parse::<SourceSpec>().unwrap_err().to_string();
+            assert!(err.contains("names no host"), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn parses_database_specs_of_every_form() {
         let cases = [

@@ -32,7 +32,9 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, NoTls};
@@ -153,7 +155,9 @@ impl PgSource {
             example: DSN_EXAMPLE,
         };
         let mut config = Config::from_str(text).map_err(|e| bad(error_text(&e)))?;
-        if config.get_hosts().is_empty() {
+        // `postgresql://u@:5432/db` parses as one host with an empty name.
+        let empty_host = |h: &Host| matches!(h, Host::Tcp(name) if name.trim().is_empty());
+        if config.get_hosts().is_empty() || config.get_hosts().iter().any(empty_host) {
             return Err(bad("the DSN names no host".into()));
         }
         // No host name holds '@' or '#': such a "host" is the tail of a password.
@@ -231,9 +235,12 @@ impl PgSource {
     /// unreachable server or a wrong password is reported now rather than at the first
     /// query.
     ///
+    /// Every new connection of the pool, this one and those made later for fetches, must
+    /// complete its handshake within [`PgSource::connect_timeout`].
+    ///
     /// # Errors
-    /// [`LoaderError::Unreachable`], [`LoaderError::AuthFailed`] or
-    /// [`LoaderError::Pool`].
+    /// [`LoaderError::Unreachable`], [`LoaderError::ConnectTimeout`],
+    /// [`LoaderError::AuthFailed`] or [`LoaderError::Pool`].
     pub(crate) async fn connect(&self, size: usize) -> Result<(Pool, Object), LoaderError> {
         let manager = Manager::from_config(
             self.config.clone(),
@@ -242,13 +249,27 @@ impl PgSource {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // The DSN's connect_timeout bounds only the TCP connect; the pool's create timeout
+        // bounds the whole handshake, so a server that accepts and never answers cannot
+        // hold a connection attempt forever.
         let pool = Pool::builder(manager)
             .max_size(size.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(self.connect_timeout()))
             .build()
-            .expect("a pool without timeouts needs no runtime and cannot fail to build");
+            .expect("a pool with a runtime for its timeouts cannot fail to build");
         let client = self.checkout(&pool).await?;
         tracing::debug!(source = %self, pool_size = size, "postgres.connected");
         Ok((pool, client))
+    }
+
+    /// How long one connection attempt (TCP connect, startup and authentication) may
+    /// take: the DSN's `connect_timeout`, or 10 s when it sets none.
+    pub fn connect_timeout(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
     /// Takes a connection from `pool`.
@@ -262,6 +283,10 @@ impl PgSource {
     fn pool_error(&self, error: PoolError) -> LoaderError {
         match error {
             PoolError::Backend(source) => self.connect_error(source),
+            PoolError::Timeout(TimeoutType::Create) => LoaderError::ConnectTimeout {
+                addr: self.addr(),
+                after: self.connect_timeout(),
+            },
             other => LoaderError::Pool {
                 addr: self.addr(),
                 source: other,

@@ -6,7 +6,9 @@
 //! epoch seconds or a `TIMESTAMP` / `TIMESTAMPTZ` (QuestDB's designated timestamp arrives
 //! as `TIMESTAMP`, in UTC; `TIMESTAMPTZ` only through the `postgres:` flavor); it is
 //! converted to epoch seconds once, here and in the loader. An `INTEGER` `ts` ends on
-//! 2038-01-19 03:14:07 UTC; a `SMALLINT` one cannot hold a real date and is refused.
+//! 2038-01-19 03:14:07 UTC; a `SMALLINT` one cannot hold a real date and is refused, and
+//! so is a `BIGINT` one whose values are milli-, micro- or nanoseconds (told by their
+//! magnitude when the table is opened, with the divisor that fixes them).
 //!
 //! Payload columns are `DOUBLE PRECISION`, `REAL`, `BIGINT`, `INTEGER` or `SMALLINT`,
 //! each read as `f64`. Through the `postgres:` flavor a `NUMERIC` column is read too,
@@ -29,14 +31,14 @@ use tokio_postgres::Client;
 
 use super::{Flavor, PgSource};
 use crate::loader::LoaderError;
-use crate::time::Timestamp;
+use crate::time::{check_seconds, TimeError, Timestamp};
 
 /// The table used when none is named.
 pub const DEFAULT_TABLE: &str = "node_data";
 
 /// Epoch seconds beyond which no timestamp is bound (the year 5138; PostgreSQL and
 /// chrono both hold it).
-const TS_LIMIT: i64 = 100_000_000_000;
+pub(crate) const TS_LIMIT: i64 = 100_000_000_000;
 
 /// The payload types a table may use, as the fix for a column of another type.
 const PAYLOAD_TYPES: &str = "use DOUBLE PRECISION, REAL, BIGINT or INTEGER";
@@ -51,10 +53,11 @@ pub fn is_identifier(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Double-quotes an identifier that passed [`is_identifier`].
+/// Double-quotes an identifier that passed [`is_identifier`]. A `"` inside is doubled
+/// all the same, so that even a name that escaped the check stays one identifier.
 pub(crate) fn quote(ident: &str) -> String {
     debug_assert!(is_identifier(ident), "unchecked identifier {ident:?}");
-    format!("\"{ident}\"")
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// A checked table name, `TABLE` or `SCHEMA.TABLE`.
@@ -318,6 +321,50 @@ pub(crate) async fn read_layout(
             .map(|c| (c.name().to_owned(), c.type_().name().to_uppercase()))
             .collect(),
     })
+}
+
+/// Checks, on one row, that a `BIGINT` `ts` holds epoch seconds: a value whose magnitude
+/// says milli-, micro- or nanoseconds (see [`check_seconds`]) would match no range in
+/// seconds, so the table is refused with the unit it looks like and the fix, rather than
+/// every job loading nothing. Any row will do: a column holds one unit. An empty table
+/// and the other `ts` kinds pass (an `INTEGER` cannot hold a millisecond time).
+///
+/// # Errors
+/// [`LoaderError::TsUnit`], or the error of the query.
+pub(crate) async fn check_ts_unit(
+    client: &Client,
+    source: &PgSource,
+    table: &TableName,
+    layout: &Layout,
+) -> Result<(), LoaderError> {
+    if layout.ts != TsKind::Seconds {
+        return Ok(());
+    }
+    let ts = quote(&layout.ts_name);
+    let sql = format!(
+        "SELECT {ts} FROM {} WHERE {ts} IS NOT NULL LIMIT 1",
+        table.quoted()
+    );
+    let row = client
+        .query_opt(&sql, &[])
+        .await
+        .map_err(|e| query_error(source, table, e))?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let value: i64 = row.try_get(0).map_err(|e| LoaderError::Decode {
+        table: table.to_string(),
+        source: e,
+    })?;
+    match check_seconds(value) {
+        Err(TimeError::WrongUnit { value, unit, div }) => Err(LoaderError::TsUnit {
+            table: table.to_string(),
+            value,
+            unit,
+            div,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Classifies an error from a statement on `table`.
