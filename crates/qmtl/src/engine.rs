@@ -88,6 +88,16 @@ impl BackfillConfig {
         self.request_timeout = timeout;
         self
     }
+
+    /// The retry schedule of one chunk or one source opening: up to `max_retries`
+    /// retries, backing off from `min_delay` (doubling, with jitter) to `max_delay`.
+    pub fn retry_policy(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+            .with_jitter()
+    }
 }
 
 /// One unit of work: history for a node at an interval over `[start, end)`.
@@ -374,11 +384,7 @@ impl JobRun<'_> {
         marked: (Timestamp, Timestamp),
     ) -> Step {
         let job = self.job;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.config.min_delay)
-            .with_max_delay(self.config.max_delay)
-            .with_max_times(self.config.max_retries)
-            .with_jitter();
+        let backoff = self.config.retry_policy();
         let timeout = self.config.request_timeout;
         let mut attempt = 1u64;
         let (report, metrics, labels) = (&mut self.report, self.metrics, &self.labels);

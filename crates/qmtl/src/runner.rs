@@ -40,7 +40,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Columns;
@@ -1082,11 +1082,7 @@ impl OpenRetry<'_> {
         spec: &SourceSpec,
         options: &SourceOptions,
     ) -> Result<(Arc<dyn CacheLoader>, u64), RunError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.config.min_delay)
-            .with_max_delay(self.config.max_delay)
-            .with_max_times(self.config.max_retries)
-            .with_jitter();
+        let backoff = self.config.retry_policy();
         let timeout = self.config.request_timeout;
         let attempt = || async {
             match timeout {

@@ -172,17 +172,11 @@ impl QuestDBLoader {
             "SELECT count(*) FROM {} WHERE {keys} AND {ts} IS NULL",
             table.quoted()
         );
-        let mut fields = vec![Field::new("ts", DataType::Int64, false)];
-        fields.extend(
-            layout
-                .payload
-                .iter()
-                .map(|(name, _)| Field::new(name, DataType::Float64, true)),
-        );
         tracing::info!(
             source = %source, table = %table, ts_kind = ?layout.ts,
             payload = layout.payload.len(), skipped = layout.skipped.len(), "loader.opened"
         );
+        let schema = batch_schema(&layout);
         Ok(QuestDBLoader {
             source: source.clone(),
             table,
@@ -191,7 +185,7 @@ impl QuestDBLoader {
             select_sql,
             last_sql,
             null_check_sql,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
             checked: Mutex::new(HashSet::new()),
         })
     }
@@ -245,6 +239,19 @@ impl QuestDBLoader {
         checked.insert(key);
         Ok(())
     }
+}
+
+/// The schema of a fetched batch: `ts` (Int64, never null) and one nullable Float64
+/// column per payload field of `layout`, in its order.
+fn batch_schema(layout: &Layout) -> Arc<Schema> {
+    let mut fields = vec![Field::new("ts", DataType::Int64, false)];
+    fields.extend(
+        layout
+            .payload
+            .iter()
+            .map(|(name, _)| Field::new(name, DataType::Float64, true)),
+    );
+    Arc::new(Schema::new(fields))
 }
 
 impl QuestDBLoader {
@@ -986,14 +993,7 @@ mod tests {
             reader.feed(data, &mut decoder, &context)?;
         }
         reader.finish(&decoder, &context)?;
-        let mut fields = vec![Field::new("ts", DataType::Int64, false)];
-        fields.extend(
-            layout
-                .payload
-                .iter()
-                .map(|(name, _)| Field::new(name, DataType::Float64, true)),
-        );
-        decoder.finish(&Arc::new(Schema::new(fields)), context)
+        decoder.finish(&batch_schema(layout), context)
     }
 
     #[test]
