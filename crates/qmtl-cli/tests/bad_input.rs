@@ -4,19 +4,15 @@
 //! must succeed (a BOM with CRLF line endings, explicit UTC offsets, ranges without data)
 //! are here too, with what the report says.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A directory of this test run's own.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qmtl-bad-input-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+use support::{read_report, scratch, text};
 
 /// Writes `content` to a scratch file and returns its `csv:` spec.
 fn csv(name: &str, content: &[u8]) -> String {
@@ -28,7 +24,7 @@ fn csv(name: &str, content: &[u8]) -> String {
 /// Runs `qmtl`; a run that has not ended after a minute (only a case that wrongly
 /// succeeds, such as a gateway that did start) is killed and fails the test.
 fn qmtl(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+    let mut child = support::qmtl()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -43,14 +39,6 @@ fn qmtl(args: &[&str]) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// One row of a matrix: what is run, and what the output must say.
@@ -352,11 +340,7 @@ fn report_of(name: &str, source: &str, start: &str, end: &str) -> (Value, String
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{name}: {all}");
     assert!(!all.contains("panicked"), "{name}: {all}");
-    (read_json(&report), all)
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    (read_report(&report), all)
 }
 
 fn stream(report: &Value) -> &Value {

@@ -1,53 +1,21 @@
 //! The `qmtl` binary end to end: the main job on the bundled EUR/USD data, the inspection
 //! commands, and an exit code and a clear message for each kind of bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Output;
 
 use serde_json::Value;
 
-const START: &str = "1492592400";
-const END: &str = "1518019200";
-
-fn bundled() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/eurusd_1h.csv");
-    format!("csv:{}", root.display())
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qmtl-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+use support::{backtest_args, bundled_csv, report_node, scratch, text, END, START};
 
 fn qmtl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qmtl"))
-        .args(args)
-        .output()
-        .expect("qmtl runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    support::qmtl().args(args).output().expect("qmtl runs")
 }
 
 fn backtest(extra: &[&str]) -> Output {
-    let source = bundled();
-    let mut args = vec![
-        "run",
-        "momentum",
-        "--mode",
-        "backtest",
-        "--backfill-source",
-        &source,
-    ];
-    args.extend_from_slice(&["--backfill-start", START, "--backfill-end", END]);
-    args.extend_from_slice(extra);
-    qmtl(&args)
+    let source = bundled_csv();
+    qmtl(&backtest_args(&source, extra))
 }
 
 #[test]
@@ -61,7 +29,7 @@ fn momentum_backtest_on_the_bundled_data_reports_every_figure() {
     assert_eq!(report["strategy"], "momentum");
     assert_eq!(report["mode"], "backtest");
     let nodes = report["nodes"].as_array().unwrap();
-    let bars = nodes.iter().find(|n| n["name"] == "bars").unwrap();
+    let bars = report_node(&report, "bars");
     assert_eq!(bars["node_type"], "StreamInput");
     assert_eq!(bars["rows_loaded"], 5000);
     assert_eq!(bars["first_ts"], 1_492_592_400);
@@ -75,7 +43,7 @@ fn momentum_backtest_on_the_bundled_data_reports_every_figure() {
             assert!(n.get(key).is_some(), "missing {key}");
         }
     }
-    let signal = nodes.iter().find(|n| n["name"] == "signal").unwrap();
+    let signal = report_node(&report, "signal");
     assert!(signal["outputs"].as_u64().unwrap() > 4000, "{signal}");
     let job = &report["jobs"][0];
     assert_eq!(
@@ -89,7 +57,7 @@ fn momentum_backtest_on_the_bundled_data_reports_every_figure() {
 
 #[test]
 fn start_and_end_accept_iso_8601() {
-    let source = bundled();
+    let source = bundled_csv();
     let out = qmtl(&[
         "run",
         "momentum",
@@ -157,7 +125,7 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
     let bad_ts = scratch("bad-ts.csv");
     std::fs::write(&bad_ts, "ts,close\n1,2\nlater,3\n").unwrap();
     let bad_ts_spec = format!("csv:{}", bad_ts.display());
-    let source = bundled();
+    let source = bundled_csv();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -357,7 +325,7 @@ fn a_report_path_in_a_missing_directory_is_refused_up_front() {
 
 #[test]
 fn a_range_without_rows_says_why() {
-    let source = bundled();
+    let source = bundled_csv();
     let out = qmtl(&[
         "run",
         "momentum",

@@ -4,24 +4,17 @@
 //! never answers, when `ts` holds milliseconds, and when a table name is not an
 //! identifier; and the `--request-timeout` default shown by `--help`.
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
-const START: &str = "1492592400";
-const END: &str = "1518019200";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::{backtest_args, bundled_csv, import, pg, text};
 
 fn qmtl() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_qmtl"));
-    command.current_dir(repo()).env("RUST_LOG", "info");
+    let mut command = support::qmtl();
+    command.env("RUST_LOG", "info");
     command
 }
 
@@ -29,50 +22,20 @@ fn output(args: &[&str]) -> Output {
     qmtl().args(args).output().expect("run qmtl")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `qmtl run momentum --mode backtest` over the bundled range with `extra` flags.
-fn run_args<'a>(source: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "momentum",
-        "--mode",
-        "backtest",
-        "--backfill-source",
-        source,
-        "--backfill-start",
-        START,
-        "--backfill-end",
-        END,
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-/// Imports the bundled bars into `table` of `server`.
-fn import(server: &pg::Server, table: &str) {
-    let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
-    let into = format!("questdb:{}", server.dsn());
-    let out = output(&[
-        "import",
-        "--strategy",
-        "momentum",
-        "--stream",
-        "bars",
-        "--from",
-        &csv,
-        "--into",
-        &into,
-        "--table",
-        table,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+/// Standard error of `child` up to and including the first `source.open_retry` line,
+/// and the lines after it as they come.
+fn until_first_retry(child: &mut Child) -> (Vec<String>, impl Iterator<Item = String>) {
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines().map_while(Result::ok);
+    let mut log: Vec<String> = Vec::new();
+    for line in lines.by_ref() {
+        let retried = line.contains("source.open_retry");
+        log.push(line);
+        if retried {
+            break;
+        }
+    }
+    (log, lines)
 }
 
 #[test]
@@ -80,7 +43,7 @@ fn a_database_down_through_the_whole_budget_exits_1_naming_host_and_port() {
     let server = pg::private();
     server.stop();
     let source = format!("postgres:{}", server.dsn());
-    let out = output(&run_args(&source, &["--max-retries", "2"]));
+    let out = output(&backtest_args(&source, &["--max-retries", "2"]));
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains(&format!("127.0.0.1:{}", server.port)), "{all}");
@@ -97,7 +60,7 @@ fn a_database_down_through_the_whole_budget_exits_1_naming_host_and_port() {
 #[test]
 fn a_database_that_comes_up_within_the_budget_lets_the_run_succeed() {
     let server = pg::private();
-    import(&server, "node_data");
+    import(&server, "momentum", "bars", &bundled_csv(), "node_data");
     // The test server commits asynchronously; an immediate stop would lose the rows.
     server.psql("CHECKPOINT");
     server.stop();
@@ -105,21 +68,12 @@ fn a_database_that_comes_up_within_the_budget_lets_the_run_succeed() {
     // Start the server once the first retry is logged, then let the run finish.
     let source = format!("postgres:{}", server.dsn());
     let mut child = qmtl()
-        .args(run_args(&source, &["--max-retries", "12"]))
+        .args(backtest_args(&source, &["--max-retries", "12"]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run qmtl");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines().map_while(Result::ok);
-    let mut log: Vec<String> = Vec::new();
-    for line in lines.by_ref() {
-        let retried = line.contains("source.open_retry");
-        log.push(line);
-        if retried {
-            break;
-        }
-    }
+    let (mut log, lines) = until_first_retry(&mut child);
     assert!(
         log.iter().any(|l| l.contains("source.open_retry")),
         "{log:?}"
@@ -143,7 +97,7 @@ fn a_server_that_accepts_and_never_answers_exits_1_after_the_request_timeouts() 
     });
     let source = format!("postgres:postgresql://qmtl:hunter2secret@127.0.0.1:{port}/qmtl");
     let extra = ["--max-retries", "1", "--request-timeout", "0.5"];
-    let out = output(&run_args(&source, &extra));
+    let out = output(&backtest_args(&source, &extra));
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains(&format!("127.0.0.1:{port}")), "{all}");
@@ -154,10 +108,10 @@ fn a_server_that_accepts_and_never_answers_exits_1_after_the_request_timeouts() 
 #[test]
 fn a_millisecond_ts_table_exits_2_naming_the_unit_and_the_fix() {
     let server = pg::server();
-    import(server, "bars_ms");
+    import(server, "momentum", "bars", &bundled_csv(), "bars_ms");
     server.psql("UPDATE bars_ms SET ts = ts * 1000");
     let source = format!("postgres:{}", server.dsn());
-    let out = output(&run_args(&source, &["--backfill-table", "bars_ms"]));
+    let out = output(&backtest_args(&source, &["--backfill-table", "bars_ms"]));
     let all = text(&out);
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("looks like milliseconds"), "{all}");
@@ -169,7 +123,7 @@ fn table_names_that_are_not_identifiers_exit_2_with_the_rule() {
     let server = pg::server();
     let source = format!("postgres:{}", server.dsn());
     for bad in ["nodes;drop table node_data", "a.b.c", "bad-name"] {
-        let out = output(&run_args(&source, &["--backfill-table", bad]));
+        let out = output(&backtest_args(&source, &["--backfill-table", bad]));
         let all = text(&out);
         assert_eq!(out.status.code(), Some(2), "{bad}: {all}");
         assert!(all.contains("not a valid table name"), "{bad}: {all}");
@@ -178,9 +132,9 @@ fn table_names_that_are_not_identifiers_exit_2_with_the_rule() {
             "{bad}: {all}"
         );
 
-        let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
+        let csv = bundled_csv();
         let record = ["--record-to", &source, "--record-table", bad];
-        let out = output(&run_args(&csv, &record));
+        let out = output(&backtest_args(&csv, &record));
         let all = text(&out);
         assert_eq!(out.status.code(), Some(2), "--record-table {bad}: {all}");
         assert!(all.contains("not a valid table name"), "{bad}: {all}");
@@ -206,7 +160,7 @@ fn a_signal_while_waiting_for_a_down_database_stops_within_2_s() {
     let gateway_url = format!("http://127.0.0.1:{}", pg::closed_port());
     for (mode, code) in [("backtest", 1), ("dryrun", 0)] {
         // A long budget: the run would wait minutes without the signal.
-        let mut args = run_args(&source, &["--max-retries", "30"]);
+        let mut args = backtest_args(&source, &["--max-retries", "30"]);
         args[3] = mode;
         let gateway = ["--gateway-url", gateway_url.as_str()];
         if mode == "dryrun" {
@@ -218,16 +172,7 @@ fn a_signal_while_waiting_for_a_down_database_stops_within_2_s() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run qmtl");
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut lines = stderr.lines().map_while(Result::ok);
-        let mut log: Vec<String> = Vec::new();
-        for line in lines.by_ref() {
-            let retried = line.contains("source.open_retry");
-            log.push(line);
-            if retried {
-                break;
-            }
-        }
+        let (mut log, lines) = until_first_retry(&mut child);
         let signalled = std::time::Instant::now();
         let pid = child.id().to_string();
         let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();

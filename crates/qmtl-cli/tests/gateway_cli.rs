@@ -6,36 +6,19 @@
 
 #![cfg(unix)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use support::{qmtl, scratch, text};
+
 const TOKEN: &str = "tok-5ecret-value";
-
-fn qmtl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qmtl"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qmtl-gateway-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A running `qmtl gateway` and the base URL it printed.
 struct Running {
@@ -112,6 +95,17 @@ fn momentum_payload() -> Value {
     json!({ "dag_json": dag, "meta": null, "run_type": "dry-run" })
 }
 
+/// Registers the momentum DAG with the token.
+async fn register(client: &reqwest::Client, gw: &Running) -> reqwest::Response {
+    client
+        .post(format!("{}/strategies", gw.base))
+        .bearer_auth(TOKEN)
+        .json(&momentum_payload())
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn serves_until_sigterm_and_keeps_strategies_across_a_restart() {
     let db = scratch("restart.db");
@@ -131,13 +125,7 @@ async fn serves_until_sigterm_and_keeps_strategies_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client
-        .post(format!("{}/strategies", gw.base))
-        .bearer_auth(TOKEN)
-        .json(&momentum_payload())
-        .send()
-        .await
-        .unwrap();
+    let r = register(&client, &gw).await;
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["strategy_id"]
         .as_str()
@@ -164,13 +152,7 @@ async fn serves_until_sigterm_and_keeps_strategies_across_a_restart() {
         r.json::<Value>().await.unwrap(),
         json!({"status": "active"})
     );
-    let r = client
-        .post(format!("{}/strategies", gw.base))
-        .bearer_auth(TOKEN)
-        .json(&momentum_payload())
-        .send()
-        .await
-        .unwrap();
+    let r = register(&client, &gw).await;
     assert_eq!(r.status(), 409);
     let (status, stderr) = terminate(gw);
     assert_eq!(status.code(), Some(0), "{stderr}");

@@ -5,26 +5,13 @@
 //! an unreachable URL named in the message — and a run that registered ends its
 //! registration.
 
-use std::path::PathBuf;
+mod support;
 
 use qmtl::gateway_client::{GatewayClient, GatewayError, RunType};
 use qmtl::strategies::{MomentumStrategy, SampleStrategy};
 use qmtl::{Dag, DagBuilder, DagError, Node, NodeRef, Row, RunError, Runner, StreamInput};
-use qmtl_gateway::{serve, Gateway, GatewayConfig, StoreSpec, Token};
 
-async fn gateway(token: Option<&str>) -> (Gateway, String) {
-    let config = GatewayConfig::new(StoreSpec::parse("sqlite::memory:").unwrap())
-        .listen("127.0.0.1:0".parse().unwrap())
-        .token(token.and_then(Token::new));
-    let gateway = serve(config).await.expect("the gateway starts");
-    let url = format!("http://{}", gateway.local_addr());
-    (gateway, url)
-}
-
-fn csv() -> String {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    format!("csv:{}", repo.join("data/eurusd_1h.csv").display())
-}
+use support::{bundled_csv, pg, scratch, serve_gateway};
 
 /// A momentum dryrun over the bundled file that stops once its warm-up is done.
 fn dryrun(url: &str) -> Runner {
@@ -32,7 +19,7 @@ fn dryrun(url: &str) -> Runner {
     cancel.cancel();
     Runner::dryrun(MomentumStrategy::default())
         .gateway_url(url)
-        .backfill_source(csv())
+        .backfill_source(bundled_csv())
         .backfill_start(1_492_592_400)
         .backfill_end(1_500_000_000)
         .cancel_token(cancel)
@@ -51,7 +38,7 @@ fn gateway_error(result: Result<qmtl::Report, RunError>) -> (GatewayError, bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_token_is_a_401_usage_error_and_the_right_token_registers() {
-    let (gateway, url) = gateway(Some("s3cret-tok")).await;
+    let (gateway, url) = serve_gateway(Some("s3cret-tok")).await;
     let (err, usage) = gateway_error(dryrun(&url).run().await);
     assert!(matches!(err, GatewayError::Unauthorized { .. }), "{err}");
     assert!(usage);
@@ -85,7 +72,7 @@ async fn a_missing_token_is_a_401_usage_error_and_the_right_token_registers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_dag_twice_is_a_409_naming_the_active_strategy() {
-    let (gateway, url) = gateway(None).await;
+    let (gateway, url) = serve_gateway(None).await;
     let client = GatewayClient::new(&url).unwrap();
     let dag = Dag::build(&MomentumStrategy::default()).unwrap();
     let first = client.register(&dag, RunType::Live).await.unwrap();
@@ -140,10 +127,10 @@ impl qmtl::Strategy for NulName {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_422_surfaces_the_gateways_detail_and_field() {
-    let (gateway, url) = gateway(None).await;
+    let (gateway, url) = serve_gateway(None).await;
     let runner = Runner::dryrun(NulName)
         .gateway_url(&url)
-        .backfill_source(csv());
+        .backfill_source(bundled_csv());
     let (err, usage) = gateway_error(runner.run().await);
     let GatewayError::Rejected { status, field, .. } = &err else {
         panic!("expected a rejection, got {err}");
@@ -160,11 +147,7 @@ async fn a_422_surfaces_the_gateways_detail_and_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_gateway_names_its_url_and_is_a_runtime_error() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{}", pg::closed_port());
     let (err, usage) = gateway_error(dryrun(&url).run().await);
     assert!(
         matches!(err, GatewayError::Unreachable { attempts: 4, .. }),
@@ -174,22 +157,20 @@ async fn an_unreachable_gateway_names_its_url_and_is_a_runtime_error() {
     assert!(err.to_string().contains(&url), "{err}");
     let sample = Runner::dryrun(SampleStrategy)
         .gateway_url("https://127.0.0.1:1")
-        .backfill_source(csv());
+        .backfill_source(bundled_csv());
     let (err, usage) = gateway_error(sample.run().await);
     assert!(matches!(err, GatewayError::BadUrl { .. }) && usage, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_continue_after_the_warm_up_without_repeating_a_bucket() {
-    let (gateway, url) = gateway(None).await;
-    let dir = std::env::temp_dir().join(format!("qmtl-jsonl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let csv = dir.join("price.csv");
+    let (gateway, url) = serve_gateway(None).await;
+    let csv = scratch("price.csv");
     let rows: String = (1_700_000_000..1_700_000_010)
         .map(|t| format!("{t},{}\n", t - 1_700_000_000))
         .collect();
     std::fs::write(&csv, format!("ts,value\n{rows}")).unwrap();
-    let lines = dir.join("live.jsonl");
+    let lines = scratch("live.jsonl");
     std::fs::write(
         &lines,
         concat!(

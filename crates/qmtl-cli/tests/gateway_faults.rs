@@ -17,14 +17,12 @@
 
 #![cfg(unix)]
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,42 +30,15 @@ use qmtl::dag::DagJson;
 use qmtl::{DagBuilder, Node, StreamInput};
 use serde_json::{json, Value};
 
+use support::{bundled_csv, listening, pg, qmtl, scratch, text, Running};
+
 const TOKEN: &str = "tok-f4ults-5ecret";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn qmtl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qmtl"));
-    cmd.current_dir(repo())
-        .env_remove("QMTL_GATEWAY_TOKEN")
-        .env_remove("QMTL_GATEWAY_TIMEOUT_SECS");
-    cmd
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qmtl-gateway-faults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
-}
 
 /// A momentum dryrun over part of the bundled file, live rows from stdin.
 fn dryrun(url: &str) -> Command {
-    let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
     let mut cmd = qmtl();
     cmd.args(["run", "momentum", "--mode", "dryrun", "--gateway-url", url])
-        .args(["--backfill-source", &csv])
+        .args(["--backfill-source", &bundled_csv()])
         .args([
             "--backfill-start",
             "1492592400",
@@ -351,7 +322,7 @@ fn sigterm_during_registration_retries_starts_no_new_attempt() {
         .stdin(Stdio::null());
     let mut run = Running::spawn(cmd);
     run.wait_for("gateway.retry", Duration::from_secs(60));
-    let status = run.signal("-TERM");
+    let (status, _) = run.signal("TERM");
     // The pipes may still hold the last lines.
     let began = Instant::now();
     while !run.output().contains("did not answer") && began.elapsed() < Duration::from_secs(5) {
@@ -452,94 +423,6 @@ fn a_token_the_gateway_echoes_back_is_never_printed() {
 // ---------------------------------------------------------------------------------------
 // Real gateways.
 
-/// A running process whose output lines are collected as they come.
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qmtl starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let pipes: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for pipe in pipes {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Running { child, lines }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The first line containing `needle`, waiting up to `within`.
-    #[track_caller]
-    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
-        let began = Instant::now();
-        loop {
-            let found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("exited ({status}) before '{needle}':\n{}", self.output());
-            }
-            assert!(
-                began.elapsed() < within,
-                "no '{needle}' within {within:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Sends `signal` and waits for the exit.
-    fn signal(&mut self, signal: &str) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Instant::now();
-        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(ok.success());
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(10),
-                "still running 10 s after {signal}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `qmtl gateway` on a free port with the token; returns it and its URL.
 fn gateway(store: &str, extra: &[&str]) -> (Running, String) {
     gateway_on("127.0.0.1:0", store, extra)
@@ -551,14 +434,7 @@ fn gateway_on(listen: &str, store: &str, extra: &[&str]) -> (Running, String) {
     cmd.args(["gateway", "--listen", listen, "--store", store])
         .args(extra)
         .env("QMTL_GATEWAY_TOKEN", TOKEN);
-    let mut running = Running::spawn(cmd);
-    let line = running.wait_for("gateway listening on http://", Duration::from_secs(30));
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    (running, url)
+    listening(cmd)
 }
 
 /// One HTTP request with the token, over a fresh connection; returns status and body.
@@ -634,7 +510,7 @@ fn a_run_killed_with_sigkill_stops_blocking_its_dag_once_its_lease_lapses() {
 
     // Killed, it ends nothing; its registration blocks the DAG until the lease lapses.
     let payload = json!({ "dag_json": momentum_dag(), "meta": null, "run_type": "dry-run" });
-    let status = run.signal("-KILL");
+    let (status, _) = run.signal("KILL");
     assert!(!status.success());
     let (status, body) = call("POST", &url, "/strategies", Some(&payload));
     assert_eq!(status, 409, "{body}");
@@ -658,7 +534,7 @@ fn a_live_run_keeps_its_registration_across_a_gateway_restart() {
     run.wait_for("gateway.registered", Duration::from_secs(60));
 
     // The gateway stops and comes back on the same address and file.
-    assert!(gw.signal("-TERM").success(), "{}", gw.output());
+    assert!(gw.signal("TERM").0.success(), "{}", gw.output());
     drop(gw);
     std::thread::sleep(Duration::from_millis(500));
     let (_gw, url) = gateway_on(&listen, &store, &["--lease-secs", "8"]);
@@ -673,7 +549,7 @@ fn a_live_run_keeps_its_registration_across_a_gateway_restart() {
     );
 
     // Stopped, the run ends its registration on the restarted gateway.
-    assert!(run.signal("-TERM").success(), "{}", run.output());
+    assert!(run.signal("TERM").0.success(), "{}", run.output());
     assert_eq!(active_count(&url), 0, "{}", run.output());
 }
 
@@ -697,18 +573,7 @@ fn failed_heartbeats_warn_and_a_lapsed_lease_is_reported_while_the_run_goes_on()
     std::thread::sleep(Duration::from_millis(500));
     assert!(run.child.try_wait().unwrap().is_none(), "{}", run.output());
     drop(run.child.stdin.take());
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = run.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "{}",
-            run.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, _) = run.wait(Instant::now(), Duration::from_secs(30));
     assert!(status.success(), "{status}:\n{}", run.output());
     let heartbeats = fake
         .seen()
@@ -759,8 +624,8 @@ fn survives_a_restart(store: &str, signal: &str) {
     assert_eq!(status, 202, "{second}");
     let shared = second["queue_map"].clone();
     assert_eq!(shared.as_object().unwrap().len(), 1, "{second}");
-    let stopped = gw.signal(signal);
-    if signal == "-TERM" {
+    let (stopped, _) = gw.signal(signal);
+    if signal == "TERM" {
         assert!(stopped.success(), "{stopped}:\n{}", gw.output());
     }
     drop(gw);
@@ -785,8 +650,8 @@ fn survives_a_restart(store: &str, signal: &str) {
 
 #[test]
 fn a_sqlite_gateway_killed_with_sigterm_or_sigkill_keeps_its_strategies() {
-    for signal in ["-TERM", "-KILL"] {
-        let db = scratch(&format!("restart{signal}.db"));
+    for signal in ["TERM", "KILL"] {
+        let db = scratch(&format!("restart-{signal}.db"));
         survives_a_restart(&format!("sqlite:{}", db.display()), signal);
     }
 }
@@ -794,7 +659,7 @@ fn a_sqlite_gateway_killed_with_sigterm_or_sigkill_keeps_its_strategies() {
 #[test]
 fn a_postgres_gateway_killed_with_sigterm_or_sigkill_keeps_its_strategies() {
     let server = pg::server();
-    for (signal, db) in [("-TERM", "gw_faults_term"), ("-KILL", "gw_faults_kill")] {
+    for (signal, db) in [("TERM", "gw_faults_term"), ("KILL", "gw_faults_kill")] {
         server.psql(&format!("DROP DATABASE IF EXISTS {db}"));
         server.psql(&format!("CREATE DATABASE {db}"));
         let dsn = server.dsn();
@@ -813,7 +678,7 @@ fn the_gateway_listens_on_loopback_unless_told_otherwise() {
         let all = gw.output();
         if all.contains("gateway listening on") {
             assert!(all.contains("http://127.0.0.1:8000"), "{all}");
-            assert!(gw.signal("-TERM").success());
+            assert!(gw.signal("TERM").0.success());
             break;
         }
         if let Ok(Some(status)) = gw.child.try_wait() {

@@ -8,188 +8,31 @@
 
 #![cfg(unix)]
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use serde_json::Value;
+use support::{
+    bundled_csv, gateway, http_get, node_id, pg, qmtl, read_report, report_node, text, Running,
+    END, LAST_BAR, START,
+};
 
-const START: &str = "1492592400";
-const END: &str = "1518019200";
-/// The last bar of the bundled file.
-const LAST_BAR: i64 = 1_518_015_600;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn qmtl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qmtl"));
-    cmd.current_dir(repo()).env_remove("QMTL_GATEWAY_TOKEN");
-    cmd
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
+/// A file in the server's directory, which goes away with the server.
 fn scratch(name: &str) -> PathBuf {
     pg::server().dir.join(name)
 }
 
-fn node_id(strategy: &str, name: &str) -> String {
-    let out = qmtl().args(["nodes", strategy, "--json"]).output().unwrap();
-    let nodes: Value = serde_json::from_slice(&out.stdout).unwrap();
-    nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .map(|n| n["node_id"].as_str().unwrap().to_owned())
-        .unwrap()
-}
-
+/// `qmtl import` of `from` into `table` of the shared server.
 fn import(strategy: &str, stream: &str, from: &str, table: &str) {
-    let into = format!("questdb:{}", pg::server().dsn());
-    let out = qmtl()
-        .args(["import", "--strategy", strategy, "--stream", stream])
-        .args(["--from", from, "--into", &into, "--table", table])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    support::import(pg::server(), strategy, stream, from, table);
 }
 
-/// A running child whose output lines are collected as they come.
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qmtl starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let pipes: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for pipe in pipes {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Running { child, lines }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The first line containing `needle`, waiting up to `within`.
-    #[track_caller]
-    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
-        let began = Instant::now();
-        loop {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return line.clone();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("exited ({status}) before '{needle}':\n{}", self.output());
-            }
-            assert!(
-                began.elapsed() < within,
-                "no '{needle}' within {within:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Sends SIGTERM and waits; returns the status and how long the exit took.
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let pid = self.child.id().to_string();
-        let sent = Instant::now();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success());
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, sent.elapsed());
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(10),
-                "still running 10 s after SIGTERM:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `qmtl gateway` on a free port; returns it and its URL.
-fn gateway(extra: &[&str]) -> (Running, String) {
-    let mut cmd = qmtl();
-    cmd.args([
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "sqlite::memory:",
-    ]);
-    cmd.args(extra);
-    let mut running = Running::spawn(cmd);
-    let line = running.wait_for("gateway listening on http://", Duration::from_secs(20));
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    (running, url)
-}
-
-/// GET over plain HTTP/1.0; returns the body.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map_or(answer.clone(), |(_, b)| b.to_owned())
-}
-
-fn free_port() -> u16 {
-    pg::closed_port()
+/// Rows of `node` at or after `from` in `table` of the shared server, waiting for `want`.
+#[track_caller]
+fn wait_rows(table: &str, node: &str, from: i64, want: u64, runs: &[&Running]) -> u64 {
+    support::wait_rows(pg::server(), table, node, from, want, runs)
 }
 
 fn dryrun(strategy: &str, url: &str, table: &str, report: &Path, extra: &[&str]) -> Command {
@@ -202,27 +45,6 @@ fn dryrun(strategy: &str, url: &str, table: &str, report: &Path, extra: &[&str])
         .arg(report)
         .args(extra);
     cmd
-}
-
-/// Rows of `node` at or after `from` in `table`, waiting up to 20 s for `want` of them.
-#[track_caller]
-fn wait_rows(table: &str, node: &str, from: i64, want: usize, runs: &[&Running]) -> usize {
-    let began = Instant::now();
-    loop {
-        let sql = format!("SELECT count(*) FROM {table} WHERE node_id = '{node}' AND ts >= {from}");
-        let n: usize = pg::server().psql(&sql).parse().unwrap();
-        if n >= want {
-            return n;
-        }
-        if began.elapsed() > Duration::from_secs(20) {
-            let logs: Vec<String> = runs.iter().map(|r| r.output()).collect();
-            panic!(
-                "{n} of {want} rows of {node} after {from}:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn insert_bars(table: &str, bars: &str, from: i64, count: i64) {
@@ -240,24 +62,10 @@ fn insert_bars(table: &str, bars: &str, from: i64, count: i64) {
     ));
 }
 
-fn read_report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn report_node<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap()
-}
-
 #[test]
 fn dryrun_follows_the_table_shares_a_node_and_stops_on_sigterm() {
     let table = "live_e2e";
-    let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
-    import("momentum", "bars", &csv, table);
+    import("momentum", "bars", &bundled_csv(), table);
     let bars = node_id("momentum", "bars");
     let sma_fast = node_id("momentum", "sma_fast");
     let signal = node_id("momentum", "signal");
@@ -266,7 +74,7 @@ fn dryrun_follows_the_table_shares_a_node_and_stops_on_sigterm() {
     let (_gateway, url) = gateway(&[]);
 
     // The first strategy backfills, replays, records its nodes and follows the table.
-    let metrics_port = free_port().to_string();
+    let metrics_port = pg::closed_port().to_string();
     let report_a = scratch("live_a.json");
     let mut a = Running::spawn(dryrun(
         "momentum",
@@ -309,7 +117,7 @@ fn dryrun_follows_the_table_shares_a_node_and_stops_on_sigterm() {
 
     // SIGTERM stops each within 2 s, with exit 0 and a report.
     for (run, path) in [(&mut b, &report_b), (&mut a, &report_a)] {
-        let (status, took) = run.terminate();
+        let (status, took) = run.signal("TERM");
         assert!(status.success(), "{status}:\n{}", run.output());
         assert!(
             took < Duration::from_secs(2),
@@ -396,7 +204,7 @@ fn the_guides_dryrun_command_works_as_printed() {
         "SELECT value FROM node_data WHERE node_id = '{out}' AND ts = 1700003600"
     ));
     assert_eq!(value, "42.5");
-    let (status, took) = run.terminate();
+    let (status, took) = run.signal("TERM");
     assert!(status.success(), "{status}:\n{}", run.output());
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(!run.output().contains(&server.password), "{}", run.output());
@@ -405,7 +213,7 @@ fn the_guides_dryrun_command_works_as_printed() {
 
 #[test]
 fn gateway_refusals_exit_with_their_codes() {
-    let csv = format!("csv:{}", repo().join("data/eurusd_1h.csv").display());
+    let csv = bundled_csv();
     let (_gateway, url) = gateway(&["--token", "t0ken-x"]);
     let run = |url: &str| {
         qmtl()
@@ -419,7 +227,7 @@ fn gateway_refusals_exit_with_their_codes() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("401 unauthorized"), "{}", text(&out));
 
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", pg::closed_port());
     let out = run(&closed);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -452,7 +260,7 @@ fn sigterm_during_a_dryrun_backfill_is_a_clean_stop() {
         .arg(&report);
     let mut run = Running::spawn(cmd);
     run.wait_for("backfill.start", Duration::from_secs(60));
-    let (status, took) = run.terminate();
+    let (status, took) = run.signal("TERM");
     assert_eq!(status.code(), Some(0), "{}", run.output());
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let report = read_report(&report);

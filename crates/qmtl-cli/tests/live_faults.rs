@@ -13,22 +13,21 @@
 
 #![cfg(unix)]
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const START: &str = "1492592400";
-const END: &str = "1518019200";
-/// The last bar of the bundled file.
-const LAST_BAR: i64 = 1_518_015_600;
+use support::{
+    bundled_csv, count_rows, gateway, http_get, import, node_id, pg, qmtl, read_report,
+    report_node, wait_rows, Running, END, LAST_BAR, START,
+};
+
 /// The bound the issue sets from a signal to the exit.
 const EXIT_BOUND: Duration = Duration::from_secs(2);
 
@@ -39,193 +38,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn qmtl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qmtl"));
-    cmd.current_dir(repo()).env_remove("QMTL_GATEWAY_TOKEN");
-    cmd
-}
-
-fn csv() -> String {
-    format!("csv:{}", repo().join("data/eurusd_1h.csv").display())
-}
-
-fn node_ids(strategy: &str) -> Vec<(String, String)> {
-    let out = qmtl().args(["nodes", strategy, "--json"]).output().unwrap();
-    let nodes: Value = serde_json::from_slice(&out.stdout).unwrap();
-    nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["name"].as_str().unwrap().to_owned(),
-                n["node_id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn node_id(strategy: &str, name: &str) -> String {
-    node_ids(strategy)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap()
-        .1
-}
-
-/// A running child whose output lines are collected as they come.
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qmtl starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let pipes: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for pipe in pipes {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Running { child, lines }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn stdin(&mut self) -> &mut ChildStdin {
-        self.child.stdin.as_mut().expect("stdin is piped")
-    }
-
-    /// The first line containing `needle`, waiting up to `within`.
-    #[track_caller]
-    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
-        let began = Instant::now();
-        loop {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return line.clone();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("exited ({status}) before '{needle}':\n{}", self.output());
-            }
-            assert!(
-                began.elapsed() < within,
-                "no '{needle}' within {within:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits up to `within` for `n` lines containing `needle`.
-    #[track_caller]
-    fn wait_for_count(&mut self, needle: &str, n: usize, within: Duration) {
-        let began = Instant::now();
-        while self.output().matches(needle).count() < n {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "exited ({status}) before {n} '{needle}':\n{}",
-                    self.output()
-                );
-            }
-            assert!(
-                began.elapsed() < within,
-                "too few '{needle}':\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends `signal` (`TERM` or `INT`) and waits; returns the status and how long the
-    /// exit took.
-    fn signal(&mut self, signal: &str) -> (ExitStatus, Duration) {
-        let pid = self.child.id().to_string();
-        let sent = Instant::now();
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let (status, took) = self.wait(sent);
-        eprintln!("SIG{signal}: exit {status} after {took:?}");
-        (status, took)
-    }
-
-    fn wait(&mut self, since: Instant) -> (ExitStatus, Duration) {
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let took = since.elapsed();
-                std::thread::sleep(Duration::from_millis(100));
-                return (status, took);
-            }
-            assert!(
-                since.elapsed() < Duration::from_secs(60),
-                "still running after 60 s:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `qmtl gateway` on a free port; returns it and its URL.
-fn gateway() -> (Running, String) {
-    let mut cmd = qmtl();
-    cmd.args(["gateway", "--listen", "127.0.0.1:0"])
-        .args(["--store", "sqlite::memory:"]);
-    let mut running = Running::spawn(cmd);
-    let line = running.wait_for("gateway listening on http://", Duration::from_secs(20));
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    (running, url)
-}
-
-/// GET over plain HTTP/1.0; returns the body.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map_or(answer.clone(), |(_, b)| b.to_owned())
 }
 
 /// A gauge's value in a Prometheus text exposition.
@@ -245,46 +57,14 @@ fn dryrun(url: &str, report: &Path) -> Command {
     cmd
 }
 
-fn read_report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn count(server: &pg::Server, table: &str, node: &str, from: i64) -> u64 {
-    let sql = format!("SELECT count(*) FROM {table} WHERE node_id = '{node}' AND ts >= {from}");
-    server.psql(&sql).parse().unwrap()
-}
-
-/// Waits up to 30 s for `want` rows of `node` at or after `from`.
-#[track_caller]
-fn wait_rows(server: &pg::Server, table: &str, node: &str, from: i64, want: u64, run: &Running) {
-    let began = Instant::now();
-    loop {
-        let n = count(server, table, node, from);
-        if n >= want {
-            return;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "{n} of {want} rows of {node} from {from}:\n{}",
-            run.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Checks that each recorded node has exactly its reported outputs in `table`.
 #[track_caller]
 fn assert_every_output_recorded(server: &pg::Server, table: &str, report: &Value, names: &[&str]) {
     for name in names {
-        let node = report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == *name)
-            .unwrap();
+        let node = report_node(report, name);
         let id = node["node_id"].as_str().unwrap();
         let outputs = node["outputs"].as_u64().unwrap();
-        let rows = count(server, table, id, i64::MIN);
+        let rows = count_rows(server, table, id, i64::MIN);
         assert_eq!(
             rows, outputs,
             "node {name}: rows in {table} vs outputs\n{report}"
@@ -298,6 +78,42 @@ fn bar_line(bars: &str, ts: i64) -> String {
         "{{\"stream\": \"{bars}\", \"ts\": {ts}, \"open\": {close}, \"high\": {close}, \
          \"low\": {close}, \"close\": {close}, \"volume\": 10}}\n"
     )
+}
+
+/// A dryrun over the bundled file with live rows from stdin, recording every node into
+/// `table` of `server`, with `extra` flags; returns it once live, and its report's path.
+fn live_from_stdin(
+    server: &pg::Server,
+    url: &str,
+    table: &str,
+    extra: &[&str],
+) -> (Running, PathBuf) {
+    let report = server.dir.join(format!("{table}.json"));
+    let mut cmd = dryrun(url, &report);
+    cmd.args([
+        "--backfill-source",
+        &bundled_csv(),
+        "--backfill-start",
+        START,
+    ])
+    .args(["--backfill-end", END, "--live-source", "jsonl:-"])
+    .args(["--record-to", &format!("postgres:{}", server.dsn())])
+    .args(["--record-table", table])
+    .args(extra)
+    .stdin(Stdio::piped());
+    let mut run = Running::spawn(cmd);
+    run.wait_for("live.start", Duration::from_secs(120));
+    (run, report)
+}
+
+/// Writes a bar of `bars` at each of `stamps` to the run's input.
+fn send_bars(run: &mut Running, bars: &str, stamps: impl IntoIterator<Item = i64>) {
+    for ts in stamps {
+        run.stdin()
+            .write_all(bar_line(bars, ts).as_bytes())
+            .unwrap();
+    }
+    run.stdin().flush().unwrap();
 }
 
 fn insert_bars(server: &pg::Server, table: &str, bars: &str, from: i64, n: i64) {
@@ -325,42 +141,25 @@ fn crash(server: &pg::Server) {
 fn recorded_rows_survive_a_database_restart_and_are_written_exactly_once() {
     let _serial = serial();
     let server = pg::private();
-    let (_gateway, url) = gateway();
+    let (_gateway, url) = gateway(&[]);
     let table = "outage";
-    let report = server.dir.join("outage.json");
     let metrics_port = pg::closed_port().to_string();
     let bars = node_id("momentum", "bars");
     let signal = node_id("momentum", "signal");
 
     // Live rows come on stdin; every node is recorded into the restarting server.
-    let mut cmd = dryrun(&url, &report);
-    cmd.args(["--backfill-source", &csv(), "--backfill-start", START])
-        .args(["--backfill-end", END, "--live-source", "jsonl:-"])
-        .args(["--record-to", &format!("postgres:{}", server.dsn())])
-        .args(["--record-table", table, "--metrics-port", &metrics_port])
-        .stdin(Stdio::piped());
-    let mut run = Running::spawn(cmd);
-    run.wait_for("live.start", Duration::from_secs(120));
+    let extra = ["--metrics-port", metrics_port.as_str()];
+    let (mut run, report) = live_from_stdin(&server, &url, table, &extra);
     let first = LAST_BAR + 3600;
     let ts = |k: i64| first + k * 3600;
 
     // Before the restart: written as they come.
-    for k in 0..3 {
-        run.stdin()
-            .write_all(bar_line(&bars, ts(k)).as_bytes())
-            .unwrap();
-    }
-    run.stdin().flush().unwrap();
-    wait_rows(&server, table, &signal, first, 3, &run);
+    send_bars(&mut run, &bars, (0..3).map(ts));
+    wait_rows(&server, table, &signal, first, 3, &[&run]);
 
     // While the database is down: computed, kept, and counted as waiting.
     crash(&server);
-    for k in 3..6 {
-        run.stdin()
-            .write_all(bar_line(&bars, ts(k)).as_bytes())
-            .unwrap();
-    }
-    run.stdin().flush().unwrap();
+    send_bars(&mut run, &bars, (3..6).map(ts));
     run.wait_for("recorder.write_retrying", Duration::from_secs(30));
     let metrics = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics");
     let waiting = gauge(&metrics, "recorder_rows_waiting").unwrap();
@@ -368,14 +167,9 @@ fn recorded_rows_survive_a_database_restart_and_are_written_exactly_once() {
 
     // Back: the waiting rows are written, then rows that come after.
     server.start();
-    wait_rows(&server, table, &signal, first, 6, &run);
-    for k in 6..9 {
-        run.stdin()
-            .write_all(bar_line(&bars, ts(k)).as_bytes())
-            .unwrap();
-    }
-    run.stdin().flush().unwrap();
-    wait_rows(&server, table, &signal, first, 9, &run);
+    wait_rows(&server, table, &signal, first, 6, &[&run]);
+    send_bars(&mut run, &bars, (6..9).map(ts));
+    wait_rows(&server, table, &signal, first, 9, &[&run]);
     let metrics = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics");
     assert_eq!(
         gauge(&metrics, "recorder_rows_waiting"),
@@ -390,7 +184,7 @@ fn recorded_rows_survive_a_database_restart_and_are_written_exactly_once() {
 
     // The input ends, the run ends cleanly; every output is in the table exactly once.
     drop(run.child.stdin.take());
-    let (status, _) = run.wait(Instant::now());
+    let (status, _) = run.wait(Instant::now(), Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{}", run.output());
     assert!(
         run.output().contains("recorder.write_recovered"),
@@ -400,7 +194,7 @@ fn recorded_rows_survive_a_database_restart_and_are_written_exactly_once() {
     assert!(!run.output().contains(&server.password), "{}", run.output());
     let report = read_report(&report);
     assert_eq!(report["live_events"], 9, "{report}");
-    assert_eq!(count(&server, table, &signal, first), 9);
+    assert_eq!(count_rows(&server, table, &signal, first), 9);
     assert_every_output_recorded(&server, table, &report, &["bars", "sma_fast", "signal"]);
     let keys = server.psql(&format!(
         "SELECT count(DISTINCT (node_id, ts)) FROM {table}"
@@ -413,21 +207,12 @@ fn recorded_rows_survive_a_database_restart_and_are_written_exactly_once() {
 fn the_table_follower_survives_a_database_restart_without_skipping_or_repeating_rows() {
     let _serial = serial();
     let server = pg::private();
-    let (_gateway, url) = gateway();
+    let (_gateway, url) = gateway(&[]);
     let table = "follow";
     let bars = node_id("momentum", "bars");
     let signal = node_id("momentum", "signal");
     let source = format!("questdb:{}", server.dsn());
-    let out = qmtl()
-        .args(["import", "--strategy", "momentum", "--stream", "bars"])
-        .args(["--from", &csv(), "--into", &source, "--table", table])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import(&server, "momentum", "bars", &bundled_csv(), table);
 
     // The run backfills from the table, follows it, and records into it.
     let report = server.dir.join("follow.json");
@@ -440,14 +225,14 @@ fn the_table_follower_survives_a_database_restart_without_skipping_or_repeating_
 
     // Rows before, after a restart during which polls fail, and after that.
     insert_bars(&server, table, &bars, first, 3);
-    wait_rows(&server, table, &signal, first, 3, &run);
+    wait_rows(&server, table, &signal, first, 3, &[&run]);
     crash(&server);
     run.wait_for("live.poll_failed", Duration::from_secs(30));
     server.start();
     insert_bars(&server, table, &bars, first + 3 * 3600, 3);
-    wait_rows(&server, table, &signal, first, 6, &run);
+    wait_rows(&server, table, &signal, first, 6, &[&run]);
     insert_bars(&server, table, &bars, first + 6 * 3600, 3);
-    wait_rows(&server, table, &signal, first, 9, &run);
+    wait_rows(&server, table, &signal, first, 9, &[&run]);
 
     let (status, took) = run.signal("TERM");
     assert!(status.success(), "{status}:\n{}", run.output());
@@ -455,7 +240,7 @@ fn the_table_follower_survives_a_database_restart_without_skipping_or_repeating_
     let report = read_report(&report);
     assert_eq!(report["live_events"], 9, "{report}");
     assert_eq!(report["live_duplicates"], 0, "{report}");
-    assert_eq!(count(&server, table, &signal, first), 9);
+    assert_eq!(count_rows(&server, table, &signal, first), 9);
     assert_every_output_recorded(&server, table, &report, &["sma_fast", "sma_slow", "signal"]);
 }
 
@@ -463,24 +248,12 @@ fn the_table_follower_survives_a_database_restart_without_skipping_or_repeating_
 fn sigterm_and_sigint_during_live_exit_within_2s_with_every_output_recorded() {
     let _serial = serial();
     let server = pg::server();
-    let (_gateway, url) = gateway();
+    let (_gateway, url) = gateway(&[]);
     let bars = node_id("momentum", "bars");
     for signal in ["TERM", "INT"] {
         let table = format!("live_{}", signal.to_lowercase());
-        let report = server.dir.join(format!("{table}.json"));
-        let mut cmd = dryrun(&url, &report);
-        cmd.args(["--backfill-source", &csv(), "--backfill-start", START])
-            .args(["--backfill-end", END, "--live-source", "jsonl:-"])
-            .args(["--record-to", &format!("postgres:{}", server.dsn())])
-            .args(["--record-table", &table])
-            .stdin(Stdio::piped());
-        let mut run = Running::spawn(cmd);
-        run.wait_for("live.start", Duration::from_secs(120));
-        for k in 1..=5 {
-            let line = bar_line(&bars, LAST_BAR + k * 3600);
-            run.stdin().write_all(line.as_bytes()).unwrap();
-        }
-        run.stdin().flush().unwrap();
+        let (mut run, report) = live_from_stdin(server, &url, &table, &[]);
+        send_bars(&mut run, &bars, (1..=5).map(|k| LAST_BAR + k * 3600));
         // The signal comes while the last rows may still be on their way in.
         std::thread::sleep(Duration::from_millis(300));
 
@@ -508,37 +281,50 @@ fn big_table(server: &pg::Server, table: &str, rows: u64) {
     ));
 }
 
+/// A dryrun backfilling every row of `table` on `server` and recording into `record`;
+/// returns it and the path of its report.
+fn over_whole_table(
+    server: &pg::Server,
+    url: &str,
+    table: &str,
+    record: &str,
+) -> (Command, PathBuf) {
+    let report = server.dir.join(format!("{record}.json"));
+    let source = format!("questdb:{}", server.dsn());
+    let mut cmd = dryrun(url, &report);
+    cmd.args(["--backfill-source", &source, "--backfill-table", table])
+        .args(["--backfill-start", "0", "--backfill-end", "3600000001"])
+        .args(["--record-to", &format!("postgres:{}", server.dsn())])
+        .args(["--record-table", record]);
+    (cmd, report)
+}
+
+/// Sends `signal` and checks the run exits 0 within [`EXIT_BOUND`].
+#[track_caller]
+fn assert_exit_0_in_time(run: &mut Running, signal: &str) {
+    let (status, took) = run.signal(signal);
+    assert_eq!(status.code(), Some(0), "SIG{signal}:\n{}", run.output());
+    assert!(
+        took < EXIT_BOUND,
+        "SIG{signal} took {took:?}:\n{}",
+        run.output()
+    );
+}
+
 #[test]
 fn sigterm_and_sigint_during_backfill_exit_within_2s_with_nothing_computed_or_recorded() {
     let _serial = serial();
     let server = pg::server();
     big_table(server, "backfill_big", 1_000_000);
-    let (_gateway, url) = gateway();
+    let (_gateway, url) = gateway(&[]);
     for signal in ["TERM", "INT"] {
         let record = format!("backfill_{}", signal.to_lowercase());
-        let report = server.dir.join(format!("{record}.json"));
-        let source = format!("questdb:{}", server.dsn());
-        let mut cmd = dryrun(&url, &report);
-        cmd.args([
-            "--backfill-source",
-            &source,
-            "--backfill-table",
-            "backfill_big",
-        ])
-        .args(["--backfill-start", "0", "--backfill-end", "3600000001"])
-        .args(["--concurrency", "1"])
-        .args(["--record-to", &format!("postgres:{}", server.dsn())])
-        .args(["--record-table", &record]);
+        let (mut cmd, report) = over_whole_table(server, &url, "backfill_big", &record);
+        cmd.args(["--concurrency", "1"]);
         let mut run = Running::spawn(cmd);
         run.wait_for("backfill.start", Duration::from_secs(60));
 
-        let (status, took) = run.signal(signal);
-        assert_eq!(status.code(), Some(0), "SIG{signal}:\n{}", run.output());
-        assert!(
-            took < EXIT_BOUND,
-            "SIG{signal} took {took:?}:\n{}",
-            run.output()
-        );
+        assert_exit_0_in_time(&mut run, signal);
         let report = read_report(&report);
         assert_eq!(report["jobs"][0]["status"], "cancelled", "{report}");
         assert_every_output_recorded(server, &record, &report, &["sma_fast", "signal"]);
@@ -551,42 +337,18 @@ fn sigterm_and_sigint_during_a_long_warmup_exit_within_2s_with_every_output_reco
     let server = pg::server();
     // Enough bars that replaying and recording them takes many slices.
     big_table(server, "warmup_big", WARMUP_BARS);
-    let (_gateway, url) = gateway();
+    let (_gateway, url) = gateway(&[]);
     for signal in ["TERM", "INT"] {
         let record = format!("warmup_{}", signal.to_lowercase());
-        let report = server.dir.join(format!("{record}.json"));
-        let source = format!("questdb:{}", server.dsn());
-        let mut cmd = dryrun(&url, &report);
-        cmd.args([
-            "--backfill-source",
-            &source,
-            "--backfill-table",
-            "warmup_big",
-        ])
-        .args(["--backfill-start", "0", "--backfill-end", "3600000001"])
-        .args(["--record-to", &format!("postgres:{}", server.dsn())])
-        .args(["--record-table", &record]);
+        let (cmd, report) = over_whole_table(server, &url, "warmup_big", &record);
         let mut run = Running::spawn(cmd);
         // Part way through: after ten slices of three nodes are written.
         run.wait_for_count("recorder.written", 30, Duration::from_secs(120));
 
-        let (status, took) = run.signal(signal);
-        assert_eq!(status.code(), Some(0), "SIG{signal}:\n{}", run.output());
-        assert!(
-            took < EXIT_BOUND,
-            "SIG{signal} took {took:?}:\n{}",
-            run.output()
-        );
+        assert_exit_0_in_time(&mut run, signal);
         assert!(!run.output().contains("live.start"), "{}", run.output());
         let report = read_report(&report);
-        let signal_outputs = report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == "signal")
-            .unwrap()["outputs"]
-            .as_u64()
-            .unwrap();
+        let signal_outputs = report_node(&report, "signal")["outputs"].as_u64().unwrap();
         assert!(
             signal_outputs > 0 && signal_outputs < WARMUP_BARS,
             "stopped part way: {report}"
@@ -603,22 +365,10 @@ fn sigterm_and_sigint_during_a_long_warmup_exit_within_2s_with_every_output_reco
 /// A jsonl run recording into `server`, at `live.start`, with the server then stopped
 /// and two live rows computed that cannot be recorded.
 fn run_with_database_down(server: &pg::Server, url: &str, table: &str) -> Running {
-    let report = server.dir.join(format!("{table}.json"));
     let bars = node_id("momentum", "bars");
-    let mut cmd = dryrun(url, &report);
-    cmd.args(["--backfill-source", &csv(), "--backfill-start", START])
-        .args(["--backfill-end", END, "--live-source", "jsonl:-"])
-        .args(["--record-to", &format!("postgres:{}", server.dsn())])
-        .args(["--record-table", table])
-        .stdin(Stdio::piped());
-    let mut run = Running::spawn(cmd);
-    run.wait_for("live.start", Duration::from_secs(120));
+    let (mut run, _) = live_from_stdin(server, url, table, &[]);
     server.stop();
-    for k in 1..=2 {
-        let line = bar_line(&bars, LAST_BAR + k * 3600);
-        run.stdin().write_all(line.as_bytes()).unwrap();
-    }
-    run.stdin().flush().unwrap();
+    send_bars(&mut run, &bars, (1..=2).map(|k| LAST_BAR + k * 3600));
     run
 }
 
@@ -636,7 +386,7 @@ fn assert_exit_1_naming_unrecorded_rows(run: &mut Running, server: &pg::Server) 
 #[test]
 fn a_signal_while_the_database_is_down_exits_1_naming_the_rows_not_recorded() {
     let _serial = serial();
-    let (_gateway, url) = gateway();
+    let (_gateway, url) = gateway(&[]);
 
     // During the live phase.
     let server = pg::private();

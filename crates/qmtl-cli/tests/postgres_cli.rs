@@ -4,40 +4,21 @@
 //! the same node figures as the CSV path, the password shows nowhere, connection
 //! failures exit with the right codes, and `--record-to` writes the signal node.
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-const START: &str = "1492592400";
-const END: &str = "1518019200";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn csv_spec() -> String {
-    format!("csv:{}", repo().join("data/eurusd_1h.csv").display())
-}
+use support::{backtest_args, bundled_csv, import, node_id, pg, report_node, text, END, START};
 
 fn qmtl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qmtl"))
+    support::qmtl()
         .args(args)
         .env("RUST_LOG", "debug")
-        .current_dir(repo())
         .output()
         .expect("run qmtl")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A file in the server's directory, which goes away with the server.
@@ -46,23 +27,9 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run_momentum(source: &str, report: &Path, extra: &[&str]) -> Output {
-    let report = report.to_str().unwrap();
-    let mut args = vec![
-        "run",
-        "momentum",
-        "--mode",
-        "backtest",
-        "--backfill-source",
-        source,
-        "--backfill-start",
-        START,
-        "--backfill-end",
-        END,
-        "--report-json",
-        report,
-    ];
-    args.extend_from_slice(extra);
-    qmtl(&args)
+    let mut flags = vec!["--report-json", report.to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    qmtl(&backtest_args(source, &flags))
 }
 
 /// (name, rows_loaded, first_ts, last_ts, ready, gaps, outputs) per node.
@@ -105,7 +72,7 @@ fn import_then_run_gives_the_csv_figures_and_never_shows_the_password() {
             "--stream",
             "bars",
             "--from",
-            &csv_spec(),
+            &bundled_csv(),
             "--into",
             &into,
         ]);
@@ -121,7 +88,7 @@ fn import_then_run_gives_the_csv_figures_and_never_shows_the_password() {
 
     // The guide's command reports what the CSV path reports.
     let csv_report = scratch("csv.json");
-    let out = run_momentum(&csv_spec(), &csv_report, &[]);
+    let out = run_momentum(&bundled_csv(), &csv_report, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let db_report = scratch("db.json");
     let out = run_momentum(&into, &db_report, &[]);
@@ -191,20 +158,14 @@ fn record_to_writes_the_signal_node_and_import_checks_the_stream() {
     let report = scratch("record.json");
     let into = format!("postgres:{}", server.dsn());
     let out = run_momentum(
-        &csv_spec(),
+        &bundled_csv(),
         &report,
         &["--record-to", &into, "--record-table", "cli_recorded"],
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains(&server.password), "{}", text(&out));
     let (_, value) = read_json(&report);
-    let signal = value["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "signal")
-        .unwrap()
-        .clone();
+    let signal = report_node(&value, "signal");
     let count = server.psql("SELECT count(*) FROM cli_recorded");
     assert_eq!(count, signal["outputs"].to_string());
 
@@ -215,7 +176,7 @@ fn record_to_writes_the_signal_node_and_import_checks_the_stream() {
         "--stream",
         "nope",
         "--from",
-        &csv_spec(),
+        &bundled_csv(),
         "--into",
         &into,
     ]);
@@ -243,24 +204,11 @@ fn scrape(port: u16) -> Option<String> {
 fn the_guide_metrics_are_served_for_the_stream_node_on_the_questdb_path() {
     let server = pg::server();
     let into = format!("questdb:{}", server.dsn());
-    let out = qmtl(&[
-        "import",
-        "--strategy",
-        "momentum",
-        "--stream",
-        "bars",
-        "--from",
-        &csv_spec(),
-        "--into",
-        &into,
-        "--table",
-        "metrics_data",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    import(server, "momentum", "bars", &bundled_csv(), "metrics_data");
 
     let port = pg::closed_port();
     let report = scratch("metrics.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+    let mut child = support::qmtl()
         .args([
             "run",
             "momentum",
@@ -295,9 +243,7 @@ fn the_guide_metrics_are_served_for_the_stream_node_on_the_questdb_path() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let nodes = qmtl(&["nodes", "momentum", "--json"]);
-    let nodes: Vec<Value> = serde_json::from_slice(&nodes.stdout).unwrap();
-    let id = nodes[0]["node_id"].as_str().unwrap();
+    let id = node_id("momentum", "bars");
     for want in [
         "backfill_jobs_in_progress ".to_owned(),
         format!("backfill_last_timestamp{{node_id=\"{id}\",interval=\"3600\"}}"),
@@ -313,9 +259,7 @@ fn the_guide_metrics_are_served_for_the_stream_node_on_the_questdb_path() {
 fn the_guide_metrics_are_scraped_while_the_backfill_is_running() {
     // A million bars take long enough to load that a poll sees the job in flight.
     let server = pg::server();
-    let nodes = qmtl(&["nodes", "momentum", "--json"]);
-    let nodes: Vec<Value> = serde_json::from_slice(&nodes.stdout).unwrap();
-    let id = nodes[0]["node_id"].as_str().unwrap().to_owned();
+    let id = node_id("momentum", "bars");
     server.psql(
         "CREATE TABLE big_bars (node_id TEXT, interval INT, ts BIGINT, open DOUBLE PRECISION, \
          high DOUBLE PRECISION, low DOUBLE PRECISION, close DOUBLE PRECISION, \
@@ -328,7 +272,7 @@ fn the_guide_metrics_are_scraped_while_the_backfill_is_running() {
 
     let port = pg::closed_port();
     let source = format!("questdb:{}", server.dsn());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+    let mut child = support::qmtl()
         .args(["run", "momentum", "--backfill-source", &source])
         .args(["--backfill-table", "big_bars", "--backfill-start", "0"])
         .args(["--backfill-end", "3600000001", "--concurrency", "1"])

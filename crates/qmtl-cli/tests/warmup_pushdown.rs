@@ -3,8 +3,7 @@
 //! rows its caches need (`CacheLoader::fetch_last`), never for the range, and loads
 //! exactly that many rows however long the table's history is.
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +11,8 @@ use arrow_array::RecordBatch;
 use qmtl::sources::{Flavor, LoaderOptions, PgSource};
 use qmtl::strategies::MomentumStrategy;
 use qmtl::{CacheLoader, Dag, Interval, LoaderError, NodeId, QuestDBLoader, Runner};
-use qmtl_gateway::{serve, GatewayConfig, StoreSpec};
+
+use support::{pg, scratch, serve_gateway};
 
 /// Hourly bars in the table.
 const ROWS: i64 = 50_000;
@@ -83,13 +83,10 @@ async fn a_warm_up_only_dryrun_fetches_just_the_newest_rows_it_needs() {
         inner: QuestDBLoader::open(&source, &options).await.unwrap(),
         calls: Mutex::new(Vec::new()),
     });
-    let config = GatewayConfig::new(StoreSpec::parse("sqlite::memory:").unwrap())
-        .listen("127.0.0.1:0".parse().unwrap());
-    let gateway = serve(config).await.expect("the gateway starts");
-    let url = format!("http://{}", gateway.local_addr());
+    let (gateway, url) = serve_gateway(None).await;
 
     // An empty live source: the run ends once its warm-up is done.
-    let live = std::env::temp_dir().join(format!("qmtl-pushdown-{}.jsonl", std::process::id()));
+    let live = scratch("live.jsonl");
     std::fs::write(&live, "").unwrap();
     let end = BASE + ROWS * 3600;
     let report = Runner::dryrun(MomentumStrategy::default())

@@ -3,38 +3,19 @@
 //! SQLite file, verbatim storage of hostile names, a 10,000-node DAG, and a DAG of the
 //! most nodes allowed under the default body limit.
 
-use std::path::PathBuf;
+mod support;
+
 use std::time::Instant;
 
 use base64::Engine as _;
 use qmtl::dag::DagJson;
 use qmtl::row::Row;
 use qmtl::{DagBuilder, Node, StreamInput, TagMatch, TagQueryNode};
-use qmtl_gateway::{serve, Gateway, GatewayConfig, StoreSpec, Token};
+use qmtl_gateway::{Gateway, GatewayConfig, StoreSpec, Token};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn start(store: StoreSpec) -> Gateway {
-    start_with(GatewayConfig::new(store)).await
-}
-
-async fn start_with(config: GatewayConfig) -> Gateway {
-    serve(config.listen(([127, 0, 0, 1], 0).into()))
-        .await
-        .expect("gateway starts")
-}
-
-fn url(gw: &Gateway, path: &str) -> String {
-    format!("http://{}{path}", gw.local_addr())
-}
-
-/// A SQLite file path unique to this test run.
-fn temp_db(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qmtl-gateway-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("gateway.db")
-}
+use support::{chain, get, node_id, send, start, start_with, tag_query, temp_db, url};
 
 fn bars() -> StreamInput {
     StreamInput::new("bars")
@@ -60,21 +41,6 @@ fn strategy_over_bars(name: &str) -> DagJson {
     b.finish(&n).to_json()
 }
 
-fn tag_query_strategy(tags: &[&str], mode: TagMatch) -> DagJson {
-    let mut b = DagBuilder::new();
-    let q = b
-        .tag_query(
-            TagQueryNode::new("basket")
-                .query_tags(tags.iter().copied())
-                .match_mode(mode)
-                .interval("1h")
-                .fields(["v"])
-                .compute("basket@1", |_| None),
-        )
-        .unwrap();
-    b.finish(&q).to_json()
-}
-
 fn b64(dag: &DagJson) -> String {
     base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(dag).unwrap())
 }
@@ -84,20 +50,12 @@ fn payload(dag: &DagJson, run_type: &str) -> Value {
 }
 
 async fn post(gw: &Gateway, body: &Value) -> (StatusCode, Value) {
-    let r = reqwest::Client::new()
-        .post(url(gw, "/strategies"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(gw: &Gateway, path: &str) -> (StatusCode, Value) {
-    let r = reqwest::get(url(gw, path)).await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    send(
+        reqwest::Client::new()
+            .post(url(gw, "/strategies"))
+            .json(body),
+    )
+    .await
 }
 
 async fn register(gw: &Gateway, dag: &DagJson) -> (String, Value) {
@@ -109,18 +67,9 @@ async fn register(gw: &Gateway, dag: &DagJson) -> (String, Value) {
     )
 }
 
-fn node_id(dag: &DagJson, name: &str) -> String {
-    dag.nodes
-        .iter()
-        .find(|n| n.name == name)
-        .unwrap()
-        .node_id
-        .clone()
-}
-
 #[tokio::test]
 async fn registration_is_accepted_then_the_same_dag_conflicts() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let dag = strategy_over_bars("sma");
 
     let (id, queue_map) = register(&gw, &dag).await;
@@ -141,7 +90,7 @@ async fn registration_is_accepted_then_the_same_dag_conflicts() {
 
 #[tokio::test]
 async fn a_second_strategy_sharing_a_node_gets_its_queue() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let first = strategy_over_bars("sma");
     let second = strategy_over_bars("ema");
     register(&gw, &first).await;
@@ -159,7 +108,7 @@ async fn a_second_strategy_sharing_a_node_gets_its_queue() {
 
 #[tokio::test]
 async fn a_tag_query_node_gets_the_queues_whose_tags_and_interval_match() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let producer = strategy_over_bars("sma");
     register(&gw, &producer).await;
     let bars_id = node_id(&producer, "bars");
@@ -172,7 +121,7 @@ async fn a_tag_query_node_gets_the_queues_whose_tags_and_interval_match() {
         (&["none"], TagMatch::Any, json!([])),
     ];
     for (tags, mode, want) in cases {
-        let dag = tag_query_strategy(tags, *mode);
+        let dag = tag_query(tags, *mode);
         let (id, queue_map) = register(&gw, &dag).await;
         let q = node_id(&dag, "basket");
         assert_eq!(queue_map, json!({ q: want }), "{tags:?} {mode:?}");
@@ -203,7 +152,7 @@ async fn a_tag_query_node_gets_the_queues_whose_tags_and_interval_match() {
 
 #[tokio::test]
 async fn queues_by_tag_answers_and_checks_its_parameters() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let dag = strategy_over_bars("sma");
     register(&gw, &dag).await;
     let bars_id = node_id(&dag, "bars");
@@ -245,7 +194,7 @@ async fn queues_by_tag_answers_and_checks_its_parameters() {
 
 #[tokio::test]
 async fn delete_ends_a_strategy_and_its_nodes_are_no_longer_offered() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let client = reqwest::Client::new();
     let first = strategy_over_bars("sma");
     let (id, _) = register(&gw, &first).await;
@@ -289,7 +238,7 @@ async fn delete_ends_a_strategy_and_its_nodes_are_no_longer_offered() {
 
 #[tokio::test]
 async fn unknown_strategies_and_routes_are_404() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     for path in ["/strategies/abc/status", "/strategies/abc", "/nothing"] {
         let (status, body) = get(&gw, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
@@ -309,7 +258,7 @@ fn with_dag(dag: Value) -> Value {
 
 #[tokio::test]
 async fn bad_payloads_get_422_naming_the_field() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let dag = dag_value();
     let bars_id = dag["nodes"][0]["node_id"].clone();
     let edit = |f: &dyn Fn(&mut Value)| {
@@ -466,7 +415,7 @@ async fn bad_payloads_get_422_naming_the_field() {
 
 #[tokio::test]
 async fn accepted_dag_encodings() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let text = serde_json::to_string_pretty(&strategy_over_bars("a")).unwrap();
     let wrapped = base64::engine::general_purpose::STANDARD
         .encode(&text)
@@ -495,7 +444,7 @@ async fn accepted_dag_encodings() {
 
 #[tokio::test]
 async fn a_body_that_is_not_utf8_gets_400() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let r = reqwest::Client::new()
         .post(url(&gw, "/strategies"))
         .header("content-type", "application/json")
@@ -514,7 +463,7 @@ async fn a_body_above_the_limit_gets_413() {
     for (limit, gw) in [
         (
             qmtl_gateway::DEFAULT_MAX_BODY_BYTES,
-            start(StoreSpec::SqliteMemory).await,
+            start(&StoreSpec::SqliteMemory).await,
         ),
         (
             4096,
@@ -605,7 +554,7 @@ async fn a_token_is_required_when_configured() {
 
 #[tokio::test]
 async fn status_and_metrics_report_the_gateway_and_its_store() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     register(&gw, &strategy_over_bars("sma")).await;
     let (status, health) = get(&gw, "/status").await;
     assert_eq!(status, StatusCode::OK);
@@ -633,10 +582,10 @@ async fn a_restart_on_the_same_sqlite_file_keeps_strategies_and_queue_maps() {
     let path = temp_db("restart");
     let spec = StoreSpec::Sqlite(path.clone());
     let first = strategy_over_bars("sma");
-    let tagq = tag_query_strategy(&["ohlcv"], TagMatch::Any);
+    let tagq = tag_query(&["ohlcv"], TagMatch::Any);
 
     // Register a producer and a tag query, then stop.
-    let gw = start(spec.clone()).await;
+    let gw = start(&spec).await;
     let (producer, _) = register(&gw, &first).await;
     let (consumer, tag_map) = register(&gw, &tagq).await;
     assert_eq!(
@@ -646,7 +595,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_strategies_and_queue_maps() {
     gw.stop().await.unwrap();
 
     // Start again on the same file: both are still there, with their queue maps.
-    let gw = start(spec).await;
+    let gw = start(&spec).await;
     assert_eq!(
         get(&gw, &format!("/strategies/{producer}/status")).await,
         (StatusCode::OK, json!({ "status": "active" }))
@@ -668,7 +617,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_strategies_and_queue_maps() {
 #[tokio::test]
 async fn names_and_tags_with_quotes_and_sql_are_stored_verbatim() {
     let path = temp_db("verbatim");
-    let gw = start(StoreSpec::Sqlite(path.clone())).await;
+    let gw = start(&StoreSpec::Sqlite(path.clone())).await;
     let name = "x'); DROP TABLE gateway_strategies; -- \"quoted\" \\ back";
     let tag = "t' OR '1'='1";
     let mut b = DagBuilder::new();
@@ -728,22 +677,10 @@ async fn names_and_tags_with_quotes_and_sql_are_stored_verbatim() {
 
 #[tokio::test]
 async fn a_ten_thousand_node_dag_is_accepted() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
 
     // A stream and a chain of 9,999 nodes: deep enough to break any recursive check.
-    let mut b = DagBuilder::new();
-    let mut last = b.stream_input(bars()).unwrap();
-    for i in 1..10_000 {
-        last = b
-            .node(
-                Node::new(format!("n{i}"))
-                    .input(&last)
-                    .fields(["v"])
-                    .compute("step@1", |_| None),
-            )
-            .unwrap();
-    }
-    let dag = b.finish(&last).to_json();
+    let dag = chain(bars(), 10_000);
     assert_eq!(dag.nodes.len(), 10_000);
     let body = payload(&dag, "backtest");
     assert!(body.to_string().len() < qmtl_gateway::DEFAULT_MAX_BODY_BYTES);
@@ -761,7 +698,7 @@ async fn a_ten_thousand_node_dag_is_accepted() {
 
 #[tokio::test]
 async fn an_unknown_field_or_a_reordering_does_not_dodge_the_duplicate_check() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let dag = dag_value();
     let (status, first) = post(&gw, &with_dag(dag.clone())).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
@@ -802,7 +739,7 @@ async fn an_unknown_field_or_a_reordering_does_not_dodge_the_duplicate_check() {
     }
 
     // A tag query's match mode is part of the DAG: absent is "any", "all" differs.
-    let tagq = serde_json::to_value(tag_query_strategy(&["ohlcv"], TagMatch::Any)).unwrap();
+    let tagq = serde_json::to_value(tag_query(&["ohlcv"], TagMatch::Any)).unwrap();
     let (status, _) = post(&gw, &with_dag(tagq.clone())).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let mut absent = tagq.clone();
@@ -819,7 +756,7 @@ async fn an_unknown_field_or_a_reordering_does_not_dodge_the_duplicate_check() {
 
 #[tokio::test]
 async fn a_forged_node_id_is_blamed_on_its_node_not_on_the_node_that_reads_it() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let mut dag = dag_value();
     dag["nodes"][0]["node_id"] = json!("ab".repeat(32));
     let (status, answer) = post(&gw, &with_dag(dag.clone())).await;
@@ -859,7 +796,7 @@ async fn the_bearer_scheme_is_accepted_in_any_case() {
 
 #[tokio::test]
 async fn a_tag_that_by_tag_queries_cannot_name_is_refused() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let dag = dag_value();
     for (tags, field) in [
         (json!(["a,b"]), "dag_json.nodes[0].tags[0]"),
@@ -885,7 +822,7 @@ async fn a_tag_that_by_tag_queries_cannot_name_is_refused() {
 
 #[tokio::test]
 async fn a_dag_json_that_decodes_to_bytes_that_are_not_utf8_is_blamed_on_dag_json() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
     let bytes = base64::engine::general_purpose::STANDARD.encode([b'{', 0xff, 0xfe, b'}']);
     let (status, answer) = post(&gw, &json!({ "dag_json": bytes, "run_type": "live" })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
@@ -899,24 +836,11 @@ async fn a_dag_json_that_decodes_to_bytes_that_are_not_utf8_is_blamed_on_dag_jso
 
 #[tokio::test]
 async fn a_dag_of_the_most_nodes_allowed_fits_under_the_default_body_limit() {
-    let gw = start(StoreSpec::SqliteMemory).await;
+    let gw = start(&StoreSpec::SqliteMemory).await;
 
     // A stream and a chain of MAX_NODES - 1 nodes, sent as base64 (the larger form).
-    let mut b = DagBuilder::new();
-    let mut last = b
-        .stream_input(StreamInput::new("s").interval(60).fields(["x"]))
-        .unwrap();
-    for i in 1..qmtl_gateway::MAX_NODES {
-        last = b
-            .node(
-                Node::new(format!("n{i}"))
-                    .input(&last)
-                    .fields(["v"])
-                    .compute("step@1", |_| None),
-            )
-            .unwrap();
-    }
-    let dag = b.finish(&last).to_json();
+    let stream = StreamInput::new("s").interval(60).fields(["x"]);
+    let dag = chain(stream, qmtl_gateway::MAX_NODES);
     assert_eq!(dag.nodes.len(), qmtl_gateway::MAX_NODES);
     let body = payload(&dag, "backtest");
     let size = body.to_string().len();

@@ -4,92 +4,36 @@
 //! names are stored verbatim, the password shows in no answer, and a wrong password is a
 //! usage error naming the user.
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
 use qmtl::dag::DagJson;
-use qmtl::{DagBuilder, Node, StreamInput, TagMatch, TagQueryNode};
+use qmtl::{StreamInput, TagMatch};
 use qmtl_gateway::{serve, Gateway, GatewayConfig, StoreSpec};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// A fresh database named `name` on the test server, as a store spec.
-fn fresh_store(name: &str) -> StoreSpec {
-    let server = pg::server();
-    server.psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    server.psql(&format!("CREATE DATABASE {name}"));
-    let dsn = server.dsn();
-    let base = dsn.rsplit_once('/').unwrap().0;
-    StoreSpec::parse(&format!("postgres:{base}/{name}")).unwrap()
-}
+use support::{chain, fresh_postgres, get, metrics, pg, send, start, tag_query, url};
 
-async fn start(store: &StoreSpec) -> Gateway {
-    let config = GatewayConfig::new(store.clone()).listen(([127, 0, 0, 1], 0).into());
-    serve(config).await.expect("gateway starts")
-}
-
-fn url(gw: &Gateway, path: &str) -> String {
-    format!("http://{}{path}", gw.local_addr())
-}
-
+/// `<bars_name> -> <node>`, the stream tagged with a quote in one tag.
 fn over_bars(node: &str, bars_name: &str) -> DagJson {
-    let mut b = DagBuilder::new();
-    let s = b
-        .stream_input(
-            StreamInput::new(bars_name)
-                .interval("1h")
-                .period(20)
-                .fields(["close"])
-                .tags(["ohlcv", "o'brien"]),
-        )
-        .unwrap();
-    let n = b
-        .node(
-            Node::new(node)
-                .input(&s)
-                .fields(["v"])
-                .compute(format!("{node}@1"), |_| None),
-        )
-        .unwrap();
-    b.finish(&n).to_json()
-}
-
-fn tag_query() -> DagJson {
-    let mut b = DagBuilder::new();
-    let q = b
-        .tag_query(
-            TagQueryNode::new("basket")
-                .query_tags(["o'brien"])
-                .match_mode(TagMatch::All)
-                .interval("1h")
-                .fields(["v"])
-                .compute("basket@1", |_| None),
-        )
-        .unwrap();
-    b.finish(&q).to_json()
+    support::over_bars(node, bars_name, &["ohlcv", "o'brien"])
 }
 
 async fn post(gw: &Gateway, dag: &DagJson) -> (StatusCode, Value) {
     let body = json!({ "dag_json": dag, "meta": null, "run_type": "live" });
-    let r = reqwest::Client::new()
-        .post(url(gw, "/strategies"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
-
-async fn get(gw: &Gateway, path: &str) -> (StatusCode, Value) {
-    let r = reqwest::get(url(gw, path)).await.unwrap();
-    (r.status(), r.json().await.unwrap())
+    send(
+        reqwest::Client::new()
+            .post(url(gw, "/strategies"))
+            .json(&body),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn strategies_and_queue_maps_survive_a_restart() {
-    let store = fresh_store("gw_restart");
+    let store = fresh_postgres("gw_restart");
     let producer = over_bars("sma", "bars");
-    let consumer = tag_query();
+    let consumer = tag_query(&["o'brien"], TagMatch::All);
     let bars_id = producer.nodes[0].node_id.clone();
     let basket_id = consumer.nodes[0].node_id.clone();
 
@@ -123,12 +67,7 @@ async fn strategies_and_queue_maps_survive_a_restart() {
     let (status, health) = get(&gw, "/status").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["store"], json!({ "kind": "postgres", "ok": true }));
-    let metrics = reqwest::get(url(&gw, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gw).await;
     let password = &pg::server().password;
     assert!(!health.to_string().contains(password.as_str()));
     assert!(!metrics.contains(password.as_str()));
@@ -138,7 +77,7 @@ async fn strategies_and_queue_maps_survive_a_restart() {
 
 #[tokio::test]
 async fn two_gateways_sharing_a_database_see_each_other() {
-    let store = fresh_store("gw_shared");
+    let store = fresh_postgres("gw_shared");
     let a = start(&store).await;
     let b = start(&store).await;
     let producer = over_bars("sma", "bars");
@@ -168,7 +107,7 @@ async fn two_gateways_sharing_a_database_see_each_other() {
 
 #[tokio::test]
 async fn hostile_names_are_stored_verbatim() {
-    let store = fresh_store("gw_verbatim");
+    let store = fresh_postgres("gw_verbatim");
     let gw = start(&store).await;
     let name = "x'); DROP TABLE gateway_nodes; -- \"q\" $1 \\";
     let dag = over_bars("sma", name);
@@ -197,23 +136,12 @@ async fn hostile_names_are_stored_verbatim() {
 
 #[tokio::test]
 async fn a_ten_thousand_node_dag_is_accepted() {
-    let store = fresh_store("gw_big");
+    let store = fresh_postgres("gw_big");
     let gw = start(&store).await;
-    let mut b = DagBuilder::new();
-    let mut last = b
-        .stream_input(StreamInput::new("bars").interval(60).fields(["close"]))
-        .unwrap();
-    for i in 1..10_000 {
-        last = b
-            .node(
-                Node::new(format!("n{i}"))
-                    .input(&last)
-                    .fields(["v"])
-                    .compute("step@1", |_| None),
-            )
-            .unwrap();
-    }
-    let dag = b.finish(&last).to_json();
+    let dag = chain(
+        StreamInput::new("bars").interval(60).fields(["close"]),
+        10_000,
+    );
     let (status, answer) = post(&gw, &dag).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     gw.stop().await.unwrap();

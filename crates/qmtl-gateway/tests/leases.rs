@@ -9,94 +9,37 @@
 //! are upgraded in place; and the SDK's client keeps a lease renewed while its heartbeat
 //! lives and reports a lapsed one.
 
-#[path = "../../qmtl/tests/support/pg.rs"]
-mod pg;
+mod support;
 
 use std::time::Duration;
 
 use qmtl::dag::DagJson;
-use qmtl::{DagBuilder, Node, StreamInput, TagMatch, TagQueryNode};
-use qmtl_gateway::{serve, Gateway, GatewayConfig, StoreSpec};
+use qmtl::{DagBuilder, StreamInput, TagMatch};
+use qmtl_gateway::{Gateway, GatewayConfig, StoreSpec};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use support::{fresh_postgres, get, metrics, node_id, send, start_with, temp_db, url};
 
 /// A lease long enough that no test sees it lapse unless it waits for that.
 const LONG: Duration = Duration::from_secs(600);
 
 async fn start(store: &StoreSpec, lease: Duration) -> Gateway {
-    let config = GatewayConfig::new(store.clone())
-        .listen(([127, 0, 0, 1], 0).into())
-        .lease(lease);
-    serve(config).await.expect("gateway starts")
-}
-
-fn url(gw: &Gateway, path: &str) -> String {
-    format!("http://{}{path}", gw.local_addr())
+    start_with(GatewayConfig::new(store.clone()).lease(lease)).await
 }
 
 /// A SQLite file unique to this test run.
 fn sqlite(name: &str) -> StoreSpec {
-    let dir = std::env::temp_dir().join(format!("qmtl-leases-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    StoreSpec::Sqlite(dir.join("gateway.db"))
-}
-
-/// A fresh database on the shared PostgreSQL test server.
-fn postgres(name: &str) -> StoreSpec {
-    let server = pg::server();
-    server.psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    server.psql(&format!("CREATE DATABASE {name}"));
-    let dsn = server.dsn();
-    let base = dsn.rsplit_once('/').unwrap().0;
-    StoreSpec::parse(&format!("postgres:{base}/{name}")).unwrap()
+    StoreSpec::Sqlite(temp_db(name))
 }
 
 /// `bars -> <node>`, with `bars` tagged `fx`.
 fn over_bars(node: &str) -> DagJson {
-    let mut b = DagBuilder::new();
-    let s = b
-        .stream_input(
-            StreamInput::new("bars")
-                .interval("1h")
-                .period(20)
-                .fields(["close"])
-                .tags(["fx"]),
-        )
-        .unwrap();
-    let n = b
-        .node(
-            Node::new(node)
-                .input(&s)
-                .fields(["v"])
-                .compute(format!("{node}@1"), |_| None),
-        )
-        .unwrap();
-    b.finish(&n).to_json()
+    support::over_bars(node, "bars", &["fx"])
 }
 
 fn tag_query() -> DagJson {
-    let mut b = DagBuilder::new();
-    let q = b
-        .tag_query(
-            TagQueryNode::new("basket")
-                .query_tags(["fx"])
-                .match_mode(TagMatch::Any)
-                .interval("1h")
-                .fields(["v"])
-                .compute("basket@1", |_| None),
-        )
-        .unwrap();
-    b.finish(&q).to_json()
-}
-
-fn stream_id(dag: &DagJson) -> String {
-    dag.nodes
-        .iter()
-        .find(|n| n.name == "bars")
-        .unwrap()
-        .node_id
-        .clone()
+    support::tag_query(&["fx"], TagMatch::Any)
 }
 
 async fn post(gw: &Gateway, dag: &DagJson, key: Option<&str>) -> (StatusCode, Value) {
@@ -107,13 +50,7 @@ async fn post(gw: &Gateway, dag: &DagJson, key: Option<&str>) -> (StatusCode, Va
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
-    let r = request.send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let r = request.send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+    send(request).await
 }
 
 async fn heartbeat(gw: &Gateway, id: &str) -> (StatusCode, Value) {
@@ -122,8 +59,7 @@ async fn heartbeat(gw: &Gateway, id: &str) -> (StatusCode, Value) {
 }
 
 async fn status_of(gw: &Gateway, id: &str) -> String {
-    let (code, body) =
-        send(reqwest::Client::new().get(url(gw, &format!("/strategies/{id}/status")))).await;
+    let (code, body) = get(gw, &format!("/strategies/{id}/status")).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     body["status"].as_str().unwrap().to_owned()
 }
@@ -141,7 +77,7 @@ async fn a_repeated_key_gets_the_original_registration(store: StoreSpec) {
     let (code, original) = post(&gw, &shared, Some("run-key-1")).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{original}");
     assert_eq!(original["lease_secs"], json!(600.0));
-    let bars = stream_id(&shared);
+    let bars = node_id(&shared, "bars");
     assert_eq!(original["queue_map"], json!({ bars.clone(): bars }));
     let (code, repeat) = post(&gw, &shared, Some("run-key-1")).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{repeat}");
@@ -186,7 +122,7 @@ async fn a_repeated_key_gets_the_original_registration_sqlite() {
 
 #[tokio::test]
 async fn a_repeated_key_gets_the_original_registration_postgres() {
-    a_repeated_key_gets_the_original_registration(postgres("gw_lease_repeat")).await;
+    a_repeated_key_gets_the_original_registration(fresh_postgres("gw_lease_repeat")).await;
 }
 
 async fn heartbeats_hold_a_lease_and_a_lapsed_one_ends_the_strategy(store: StoreSpec) {
@@ -209,12 +145,7 @@ async fn heartbeats_hold_a_lease_and_a_lapsed_one_ends_the_strategy(store: Store
     // Without heartbeats it lapses: ended, and a late heartbeat does not revive it.
     tokio::time::sleep(lease + Duration::from_millis(500)).await;
     assert_eq!(status_of(&gw, &id).await, "ended");
-    let metrics = reqwest::get(url(&gw, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gw).await;
     assert!(
         metrics.contains("gateway_leases_expired_total 1"),
         "{metrics}"
@@ -246,7 +177,7 @@ async fn heartbeats_hold_a_lease_and_a_lapsed_one_ends_the_strategy_sqlite() {
 
 #[tokio::test]
 async fn heartbeats_hold_a_lease_and_a_lapsed_one_ends_the_strategy_postgres() {
-    let store = postgres("gw_lease_lapse");
+    let store = fresh_postgres("gw_lease_lapse");
     heartbeats_hold_a_lease_and_a_lapsed_one_ends_the_strategy(store).await;
 }
 
@@ -261,8 +192,7 @@ async fn a_lease_that_lapsed_while_the_gateway_was_down_is_ended(store: StoreSpe
 
     // Restarted with a long lease: the stored expiry still counts.
     let gw = start(&store, LONG).await;
-    let (code, body) =
-        send(reqwest::Client::new().get(url(&gw, "/queues/by_tag?tags=fx&interval=3600"))).await;
+    let (code, body) = get(&gw, "/queues/by_tag?tags=fx&interval=3600").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(
         body["queues"],
@@ -280,7 +210,7 @@ async fn a_lease_that_lapsed_while_the_gateway_was_down_is_ended(store: StoreSpe
     let queues = &body["queue_map"][query_id.unwrap()];
     assert_eq!(queues, &json!([]), "{body}");
     assert_eq!(status_of(&gw, &id).await, "ended");
-    let (code, body) = send(reqwest::Client::new().get(url(&gw, "/status"))).await;
+    let (code, body) = get(&gw, "/status").await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(
         body["strategies_active"], 1,
@@ -296,7 +226,7 @@ async fn a_lease_that_lapsed_while_the_gateway_was_down_is_ended_sqlite() {
 
 #[tokio::test]
 async fn a_lease_that_lapsed_while_the_gateway_was_down_is_ended_postgres() {
-    let store = postgres("gw_lease_down");
+    let store = fresh_postgres("gw_lease_down");
     a_lease_that_lapsed_while_the_gateway_was_down_is_ended(store).await;
 }
 
@@ -334,7 +264,7 @@ async fn delete_by_key_ends_what_the_key_registered_sqlite() {
 
 #[tokio::test]
 async fn delete_by_key_ends_what_the_key_registered_postgres() {
-    delete_by_key_ends_what_the_key_registered(postgres("gw_lease_by_key")).await;
+    delete_by_key_ends_what_the_key_registered(fresh_postgres("gw_lease_by_key")).await;
 }
 
 #[tokio::test]
@@ -373,7 +303,7 @@ async fn concurrent_resends_of_one_registration_get_one_strategy(store: StoreSpe
         assert_eq!(*code, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["strategy_id"], first, "{body}");
     }
-    let (_, health) = send(reqwest::Client::new().get(url(&gw, "/status"))).await;
+    let (_, health) = get(&gw, "/status").await;
     assert_eq!(health["strategies_active"], 1, "{health}");
     gw.stop().await.unwrap();
 }
@@ -385,7 +315,7 @@ async fn concurrent_resends_of_one_registration_get_one_strategy_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_resends_of_one_registration_get_one_strategy_postgres() {
-    let store = postgres("gw_lease_race");
+    let store = fresh_postgres("gw_lease_race");
     concurrent_resends_of_one_registration_get_one_strategy(store).await;
 }
 
@@ -447,7 +377,7 @@ INSERT INTO gateway_strategies VALUES
 
 async fn an_older_gateways_tables_are_upgraded_in_place(store: StoreSpec) {
     let gw = start(&store, LONG).await;
-    let (code, body) = send(reqwest::Client::new().get(url(&gw, "/strategies/old-one"))).await;
+    let (code, body) = get(&gw, "/strategies/old-one").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(
         body["status"], "active",
@@ -476,7 +406,7 @@ async fn an_older_gateways_sqlite_tables_are_upgraded_in_place() {
 
 #[tokio::test]
 async fn an_older_gateways_postgres_tables_are_upgraded_in_place() {
-    let store = postgres("gw_lease_old");
+    let store = fresh_postgres("gw_lease_old");
     let StoreSpec::Postgres(dsn) = &store else {
         unreachable!()
     };
