@@ -102,6 +102,7 @@ fn a_server_that_accepts_and_never_answers_exits_1_after_the_request_timeouts() 
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains(&format!("127.0.0.1:{port}")), "{all}");
     assert!(all.contains("did not answer within 500ms"), "{all}");
+    assert!(all.contains("raise --request-timeout"), "{all}");
     assert!(!all.contains("hunter2secret"), "{all}");
 }
 

@@ -205,15 +205,14 @@ pub enum RunError {
         source: LoaderError,
     },
     /// A source stayed unreachable (or kept timing out) through every attempt to open it.
-    #[error(
-        "cannot open backfill source {spec} after {attempts} attempt(s): {source}; raise \
-         --max-retries to wait longer for the server"
-    )]
+    #[error("cannot open backfill source {spec} after {attempts} attempt(s): {source}; {hint}")]
     SourceUnavailable {
         /// The spec, without secrets.
         spec: String,
         /// Attempts made (1 + --max-retries).
         attempts: u64,
+        /// What to change, for the last attempt's kind of failure.
+        hint: &'static str,
         /// The last attempt's error (boxed: it keeps the enum small).
         #[source]
         source: Box<LoaderError>,
@@ -1127,6 +1126,7 @@ impl OpenRetry<'_> {
             Err(source) if source.is_retryable() => Err(RunError::SourceUnavailable {
                 spec: spec.to_string(),
                 attempts: retries + 1,
+                hint: open_hint(&source),
                 source: Box::new(source),
             }),
             Err(source) => Err(RunError::OpenSource {
@@ -1134,6 +1134,21 @@ impl OpenRetry<'_> {
                 source,
             }),
         }
+    }
+}
+
+/// What to change when a source could not be opened, for the kind of the last failure.
+fn open_hint(error: &LoaderError) -> &'static str {
+    match error {
+        LoaderError::Timeout { .. } => {
+            "raise --request-timeout if the server is slow to answer, or --max-retries to \
+             wait longer for it"
+        }
+        LoaderError::ConnectTimeout { .. } => {
+            "raise connect_timeout in the DSN (?connect_timeout=SECS) if the server is slow \
+             to accept, or --max-retries to wait longer for it"
+        }
+        _ => "raise --max-retries to wait longer for the server",
     }
 }
 

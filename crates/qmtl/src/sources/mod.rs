@@ -348,6 +348,26 @@ mod tests {
         }
     }
 
+    /// Regression: `sslmode=require` was retried as if the server were down, then failed
+    /// with "raise --max-retries" (exit 1), though no retry could ever connect.
+    #[test]
+    fn a_dsn_requiring_tls_is_refused_with_the_way_around() {
+        for text in [
+            "questdb:postgresql://u:secret6@db.example:8812/qdb?sslmode=require",
+            "postgres:host=localhost user=u password=secret7 sslmode=require",
+        ] {
+            let err = text.parse::<SourceSpec>().unwrap_err().to_string();
+            assert!(
+                err.contains("sslmode=require asks for TLS"),
+                "{text}: {err}"
+            );
+            assert!(err.contains("SSH tunnel"), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: {err}");
+        }
+        let plain = "postgres:postgresql://u@localhost:5432/db?sslmode=disable";
+        assert!(plain.parse::<SourceSpec>().is_ok());
+    }
+
     #[test]
     fn parses_database_specs_of_every_form() {
         let cases = [

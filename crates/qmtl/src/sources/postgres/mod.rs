@@ -35,7 +35,7 @@ use std::time::Duration;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
 };
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, NoTls};
 
@@ -178,6 +178,17 @@ impl PgSource {
         }
         if config.get_user().is_none_or(str::is_empty) {
             return Err(bad("the DSN names no user".into()));
+        }
+        // Connections are plain TCP: a DSN that demands TLS could never connect.
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(SourceSpecError::BadDsn {
+                scheme,
+                reason: "sslmode=require asks for TLS, which qmtl does not speak to \
+                         databases; drop sslmode (or set sslmode=disable) and reach a remote \
+                         server through an SSH tunnel or a TLS proxy on localhost"
+                    .into(),
+                example: DSN_EXAMPLE,
+            });
         }
         if config.get_password().is_none() {
             if let Some(password) = fallback.filter(|p| !p.is_empty()) {
