@@ -485,9 +485,16 @@ async fn run(entry: &StrategyEntry, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runner = runner.cancel_token(signals.token());
 
     let report = match runner.run().await {
-        // A dryrun or live run stopped before its sources opened ends as any stop does.
+        // A dryrun or live run stopped before its sources opened, or while it registered
+        // with the gateway, ends as any stop does.
         Err(error @ RunError::StoppedWhileOpening { .. })
             if matches!(mode, Mode::Dryrun | Mode::Live) =>
+        {
+            eprintln!("{error}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(RunError::Gateway(error))
+            if error.is_stop() && matches!(mode, Mode::Dryrun | Mode::Live) =>
         {
             eprintln!("{error}");
             return Ok(ExitCode::SUCCESS);

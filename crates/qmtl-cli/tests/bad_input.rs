@@ -257,6 +257,14 @@ fn bad_data_exits_2_naming_the_file_the_line_and_the_fix_whatever_the_line_ends(
             ],
         ),
         (
+            "fractional-ts",
+            rows("1700000001.5,2\n"),
+            vec![
+                "line 3: timestamp '1700000001.5' is not whole epoch seconds",
+                "ts must be whole epoch seconds or ISO-8601",
+            ],
+        ),
+        (
             "micros",
             format!("{header}1700000000000000,1\n"),
             vec!["looks like microseconds", "divide by 1000000"],
@@ -328,6 +336,102 @@ fn bad_data_exits_2_naming_the_file_the_line_and_the_fix_whatever_the_line_ends(
         }
     }
     assert_usage_errors(&cases);
+}
+
+/// A sparse file of `bytes` bytes that starts with `head`: NUL bytes after it, no disk.
+fn sparse_csv(name: &str, head: &[u8], bytes: u64) -> (String, std::path::PathBuf) {
+    let source = csv(name, head);
+    let path = std::path::PathBuf::from(&source["csv:".len()..]);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    (source, path)
+}
+
+/// Regression: `truncate -s 3G zeros.csv` and `csv:/dev/zero` aborted on a 4 GiB
+/// allocation (exit 134), and a 1.5 GB line after a valid row took 2.1 GB of memory
+/// before its error. QA's range: 1600000000 to 1600000010.
+#[test]
+fn files_that_are_not_csv_exit_2_after_reading_at_most_a_row() {
+    let fifo = scratch("a-pipe.csv");
+    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file there.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_spec = format!("csv:{}", fifo.display());
+    let (zeros, zeros_path) = sparse_csv("zeros.csv", b"", 3 << 30);
+    let (long, long_path) = sparse_csv("long-line.csv", b"ts,value\n1600000000,1\n", 3 << 29);
+    let qa = |source: &str| sample_run_in(source, "1600000000", "1600000010");
+    let cases = [
+        with_args(
+            "a character device that never ends",
+            qa("csv:/dev/zero"),
+            &["/dev/zero is not a file", "give the path of a CSV file"],
+        ),
+        with_args(
+            "a named pipe",
+            qa(&fifo_spec),
+            &["a-pipe.csv is not a file", "give the path of a CSV file"],
+        ),
+        with_args(
+            "3 GiB of NUL bytes",
+            qa(&zeros),
+            &[
+                "zeros.csv: malformed CSV: line 1 is longer than 1 MiB",
+                "is this a CSV file?",
+            ],
+        ),
+        with_args(
+            "a 1.5 GB line after a valid row",
+            qa(&long),
+            &[
+                "long-line.csv",
+                "line 3 is longer than 1 MiB; is this a CSV file?",
+            ],
+        ),
+    ];
+    assert_usage_errors(&cases);
+    for path in [fifo, zeros_path, long_path] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+/// Regression: a bad cell was quoted whole (a 10 MB cell made a 10 MB error line) and a
+/// quoted line break went into the message raw.
+#[test]
+fn a_refusal_quotes_at_most_80_characters_of_a_cell_on_one_line() {
+    let long = "x".repeat(500_000);
+    let cut = format!("'{}…'", &long[..80]);
+    let cases = [
+        ("a 500 kB timestamp", format!("ts,value\n{long},1\n"), cut),
+        (
+            "a 500 kB number",
+            format!("ts,value\n1700000000,1{}\n", "0".repeat(500_000)),
+            format!("'1{}…' is not a finite number", "0".repeat(79)),
+        ),
+        (
+            "a quoted line break",
+            "ts,value\n\"no\non\",1\n".to_owned(),
+            r"line 2: timestamp 'no\non' is not understood".to_owned(),
+        ),
+    ];
+    for (what, content, quoted) in cases {
+        let source = csv("quoted.csv", content.as_bytes());
+        let args = sample_run(&source);
+        let out = qmtl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {all}");
+        let error = all.lines().find(|l| l.starts_with("error:"));
+        let error = error.unwrap_or_else(|| panic!("{what}: no error line in {all}"));
+        assert!(
+            error.contains(&quoted),
+            "{what}: {error}\nshould say: {quoted}"
+        );
+        assert!(error.len() < 400, "{what}: {} bytes: {error}", error.len());
+        assert!(all.len() < 2000, "{what}: {} bytes of output", all.len());
+    }
 }
 
 /// Runs `sample` over `source` in `[start, end)` with a JSON report, expecting exit 0.

@@ -2,7 +2,9 @@
 //! gateway`, `qmtl run --mode dryrun`): the database restarting while the run records
 //! and follows the table, SIGTERM / SIGINT during the backfill, the warm-up replay and
 //! the live phase, and a signal while the database is down (exit 1, naming the rows not
-//! recorded).
+//! recorded, with the report still written). The database restarting during a warm-up
+//! whose outputs outnumber the recorder's waiting-rows bound is run in process through
+//! the library, whose recorder limits can be made small.
 //!
 //! "No recorded row lost" is checked as: after the run exits, every recorded node has
 //! exactly as many rows in the table as the report says it emitted (`outputs`), the table
@@ -18,10 +20,17 @@ mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use qmtl::live::LiveSpec;
+use qmtl::metrics::Metrics;
+use qmtl::recorder::{RecordError, RecordLimits};
+use qmtl::runner::RunError;
+use qmtl::strategies::MomentumStrategy;
+use qmtl::{Report, Runner};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use support::{
     bundled_csv, count_rows, gateway, http_get, import, node_id, pg, qmtl, read_report,
@@ -363,17 +372,19 @@ fn sigterm_and_sigint_during_a_long_warmup_exit_within_2s_with_every_output_reco
 }
 
 /// A jsonl run recording into `server`, at `live.start`, with the server then stopped
-/// and two live rows computed that cannot be recorded.
-fn run_with_database_down(server: &pg::Server, url: &str, table: &str) -> Running {
+/// and two live rows computed that cannot be recorded; returns it and its report's path.
+fn run_with_database_down(server: &pg::Server, url: &str, table: &str) -> (Running, PathBuf) {
     let bars = node_id("momentum", "bars");
-    let (mut run, _) = live_from_stdin(server, url, table, &[]);
+    let (mut run, report) = live_from_stdin(server, url, table, &[]);
     server.stop();
     send_bars(&mut run, &bars, (1..=2).map(|k| LAST_BAR + k * 3600));
-    run
+    (run, report)
 }
 
+/// Checks the exit (1, in time, naming the rows not recorded) and that the report was
+/// written anyway, with the error and the run's counts.
 #[track_caller]
-fn assert_exit_1_naming_unrecorded_rows(run: &mut Running, server: &pg::Server) {
+fn assert_exit_1_naming_unrecorded_rows(run: &mut Running, server: &pg::Server, report: &Path) {
     let (status, took) = run.signal("TERM");
     assert_eq!(status.code(), Some(1), "{}", run.output());
     assert!(took < EXIT_BOUND, "took {took:?}:\n{}", run.output());
@@ -381,6 +392,13 @@ fn assert_exit_1_naming_unrecorded_rows(run: &mut Running, server: &pg::Server) 
     assert!(output.contains("were not recorded"), "{output}");
     assert!(!output.contains(&server.password), "{output}");
     assert!(!output.contains("panicked"), "{output}");
+    let report = read_report(report);
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("were not recorded"), "{report}");
+    assert!(!error.contains(&server.password), "{report}");
+    assert_eq!(report["live_events"], 2, "{report}");
+    assert!(report["strategy_id"].is_string(), "{report}");
+    assert!(report_node(&report, "signal")["outputs"].as_u64() > Some(0));
 }
 
 #[test]
@@ -390,14 +408,201 @@ fn a_signal_while_the_database_is_down_exits_1_naming_the_rows_not_recorded() {
 
     // During the live phase.
     let server = pg::private();
-    let mut run = run_with_database_down(&server, &url, "down_live");
+    let (mut run, report) = run_with_database_down(&server, &url, "down_live");
     run.wait_for("recorder.write_retrying", Duration::from_secs(30));
-    assert_exit_1_naming_unrecorded_rows(&mut run, &server);
+    assert_exit_1_naming_unrecorded_rows(&mut run, &server, &report);
 
     // During the last write after the input ended, which would otherwise keep trying.
     let server = pg::private();
-    let mut run = run_with_database_down(&server, &url, "down_end");
+    let (mut run, report) = run_with_database_down(&server, &url, "down_end");
     drop(run.child.stdin.take());
     run.wait_for("recorder.final_write_retrying", Duration::from_secs(30));
-    assert_exit_1_naming_unrecorded_rows(&mut run, &server);
+    assert_exit_1_naming_unrecorded_rows(&mut run, &server, &report);
+}
+
+/// Bars of the warm-up that outlives a database restart: with every node recorded (a
+/// `jsonl:` live source) its outputs are four times as many, far over [`TEST_LIMITS`]'s
+/// waiting-rows bound.
+const RESTART_BARS: u64 = 40_000;
+
+/// Recorder limits scaled down so that a warm-up of [`RESTART_BARS`] dwarfs them. The
+/// bound leaves room for the pause threshold plus one replay slice's outputs (4096 rows
+/// for each of four nodes), which are buffered before the producer waits.
+const TEST_LIMITS: (usize, usize) = (5_000, 30_000);
+
+/// A dryrun in process over every row of `history` on `server`, recording every node
+/// into `record` with [`TEST_LIMITS`], its live source an empty file (so it ends after
+/// its warm-up); spawned on `runtime`, with the metrics it updates and its report path.
+fn warmup_run(
+    runtime: &tokio::runtime::Runtime,
+    server: &pg::Server,
+    url: &str,
+    history: &str,
+    record: &str,
+    cancel: CancellationToken,
+) -> (
+    tokio::task::JoinHandle<Result<Report, RunError>>,
+    Arc<Metrics>,
+    PathBuf,
+) {
+    // The server is stopped while the run writes: its sessions commit synchronously, so
+    // that a commit it acknowledged is not lost by the stop (the server's loss, not the
+    // run's). The record table exists from the start, so its rows can be counted at once.
+    server.psql("ALTER ROLE CURRENT_USER SET synchronous_commit = on");
+    server.psql(&format!(
+        "CREATE TABLE {record} (node_id TEXT NOT NULL, interval INTEGER NOT NULL, \
+         ts BIGINT NOT NULL, PRIMARY KEY (node_id, interval, ts))"
+    ));
+    let live = server.dir.join(format!("{record}.jsonl"));
+    std::fs::write(&live, "").unwrap();
+    let report = server.dir.join(format!("{record}.json"));
+    let metrics = Arc::new(Metrics::new());
+    let (pause, bound) = TEST_LIMITS;
+    let runner = Runner::dryrun(MomentumStrategy::default())
+        .strategy_name("momentum")
+        .gateway_url(url)
+        .backfill_source(format!("questdb:{}", server.dsn()))
+        .backfill_table(history)
+        .backfill_start(0)
+        .backfill_end(3_600_000_001)
+        .record_to(format!("postgres:{}", server.dsn()))
+        .record_table(record)
+        .record_limits(
+            RecordLimits::default()
+                .pause_rows(pause)
+                .max_waiting_rows(bound),
+        )
+        .live_source(LiveSpec::Jsonl(live))
+        .metrics(metrics.clone())
+        .report_json(&report)
+        .cancel_token(cancel);
+    (runtime.spawn(runner.run()), metrics, report)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Crashes `server` once the run has recorded its first rows into `record`, then waits
+/// (up to 60 s) until the run holds its warm-up back: more rows wait than the pause
+/// threshold.
+fn crash_during_warmup(server: &pg::Server, record: &str, metrics: &Metrics) {
+    let began = Instant::now();
+    while server.psql(&format!("SELECT count(*) FROM {record}")) == "0" {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "nothing recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crash(server);
+    let began = Instant::now();
+    while metrics.recorder_rows_waiting.get() <= TEST_LIMITS.0 as i64 {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the warm-up never waited: {} rows waiting",
+            metrics.recorder_rows_waiting.get()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_warmup_larger_than_the_waiting_rows_bound_survives_a_restart_recording_each_output_once() {
+    let _serial = serial();
+    let server = pg::private();
+    let (_gateway, url) = gateway(&[]);
+    big_table(&server, "history", RESTART_BARS);
+    let runtime = runtime();
+    let cancel = CancellationToken::new();
+    let (run, metrics, _) = warmup_run(&runtime, &server, &url, "history", "restart", cancel);
+
+    // Down part way through the warm-up: the warm-up waits for the database instead of
+    // piling its outputs past the bound, which would fail the run.
+    crash_during_warmup(&server, "restart", &metrics);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !run.is_finished(),
+        "the run ended while the database was down"
+    );
+    let waiting = metrics.recorder_rows_waiting.get();
+    assert!(waiting <= TEST_LIMITS.1 as i64, "{waiting} rows waiting");
+
+    // Back: the warm-up goes on and every output is recorded, each exactly once.
+    server.start();
+    let report = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(600), run).await })
+        .expect("the run ends once its warm-up is done")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = serde_json::to_value(&report).unwrap();
+    let outputs: u64 = ["bars", "sma_fast", "sma_slow", "signal"]
+        .iter()
+        .map(|name| report_node(&report, name)["outputs"].as_u64().unwrap())
+        .sum();
+    assert!(outputs > 4 * TEST_LIMITS.1 as u64, "{report}");
+    assert_eq!(
+        report_node(&report, "bars")["outputs"].as_u64(),
+        Some(RESTART_BARS),
+        "{report}"
+    );
+    assert_every_output_recorded(
+        &server,
+        "restart",
+        &report,
+        &["bars", "sma_fast", "sma_slow", "signal"],
+    );
+    let keys = server.psql("SELECT count(DISTINCT (node_id, interval, ts)) FROM restart");
+    let rows = server.psql("SELECT count(*) FROM restart");
+    assert_eq!(keys, rows);
+    assert_eq!(metrics.recorder_rows_waiting.get(), 0);
+}
+
+#[test]
+fn a_signal_while_the_warmup_waits_for_the_database_stops_it_in_time_and_keeps_the_report() {
+    let _serial = serial();
+    let server = pg::private();
+    let (_gateway, url) = gateway(&[]);
+    big_table(&server, "history", RESTART_BARS);
+    let runtime = runtime();
+    let cancel = CancellationToken::new();
+    let (run, metrics, report) =
+        warmup_run(&runtime, &server, &url, "history", "held", cancel.clone());
+    crash_during_warmup(&server, "held", &metrics);
+
+    // The signal ends the wait; the rows still waiting are named, and the report is
+    // written with the error.
+    let signalled = Instant::now();
+    cancel.cancel();
+    let result = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), run).await })
+        .expect("the run stops")
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(took < EXIT_BOUND, "took {took:?}");
+    let error = result.expect_err("the database is still down");
+    assert!(
+        matches!(
+            &error,
+            RunError::Record {
+                source: RecordError::Unwritten { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(!error.is_usage(), "a runtime failure: exit 1");
+    let report = read_report(&report);
+    let signal_outputs = report_node(&report, "signal")["outputs"].as_u64().unwrap();
+    assert!(
+        signal_outputs > 0 && signal_outputs < RESTART_BARS,
+        "{report}"
+    );
+    let text = report["error"].as_str().unwrap_or_default();
+    assert!(text.contains("were not recorded"), "{report}");
+    assert!(!text.contains(&server.password), "{report}");
 }

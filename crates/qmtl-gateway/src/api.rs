@@ -3,10 +3,12 @@
 //! - `POST /strategies`: 202 `{"strategy_id","queue_map","lease_secs"}`; 409 when the
 //!   same DAG is active; 422 for a bad field; 400 for a body that is not UTF-8; 413 for
 //!   a body above the limit. With an `Idempotency-Key: KEY` header (1 to 128 visible
-//!   ASCII characters, one per run), a repeat with the same key and DAG answers the
-//!   original 202 (same id and queue map, lease renewed) while that strategy is active,
-//!   so a client may resend a registration whose answer it lost; the same key with
-//!   another DAG is 422 (field `Idempotency-Key`), with an ended strategy 410.
+//!   ASCII characters, one per run), a repeat with the same key and the same content
+//!   (DAG, run type and `meta`, whatever the order of its keys) answers the original 202
+//!   (same id and queue map, lease renewed) while that strategy is active, so a client
+//!   may resend a registration whose answer it lost; the same key with other content is
+//!   422 (field `Idempotency-Key`, the detail naming what differs), with an ended
+//!   strategy 410.
 //! - `POST /strategies/{id}/heartbeat`: renews the lease, 200
 //!   `{"strategy_id","status":"active","lease_secs"}`; 410 when the strategy has ended
 //!   (deleted, or its lease lapsed: a lapsed lease is never revived); 404.
@@ -27,7 +29,9 @@
 //! queue maps or tag queries, and reads as `ended`.
 //!
 //! Every error answer is JSON: `{"detail": message, "field": path}` (`field` only when
-//! one field is at fault). With a token configured, every route answers 401 without
+//! one field is at fault). A detail repeats at most 80 characters of any id, key, name
+//! or value the request sent, and is at most 500 characters in all (see
+//! [`crate::echo`]). With a token configured, every route answers 401 without
 //! `Authorization: Bearer TOKEN` (the scheme in any case). Parsing and checking a DAG
 //! runs on the blocking pool, not on the async workers.
 
@@ -49,6 +53,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Token;
+use crate::echo::{capped, echo, MAX_DETAIL_CHARS, MAX_ECHO_CHARS};
 use crate::metrics::{GatewayMetrics, RequestLabels, RouteLabels, RunTypeLabels};
 use crate::payload::{is_tag_query, parse_registration, Registration};
 use crate::queue::{parse_match, split_tags};
@@ -91,7 +96,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 /// A JSON error answer.
 fn problem(status: StatusCode, field: Option<String>, detail: impl Into<String>) -> Response {
-    let mut body = json!({ "detail": detail.into() });
+    let detail = detail.into();
+    let mut body = json!({ "detail": capped(&detail, MAX_DETAIL_CHARS) });
     if let Some(field) = field {
         body["field"] = Value::String(field);
     }
@@ -400,7 +406,7 @@ fn unknown_strategy(id: &str) -> Response {
     problem(
         StatusCode::NOT_FOUND,
         None,
-        format!("strategy {id} is not registered with this gateway"),
+        format!("strategy {} is not registered with this gateway", echo(id)),
     )
 }
 
@@ -464,8 +470,9 @@ async fn heartbeat(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
         Ok(Renewal::Ended) => {
             let body = json!({
                 "detail": format!(
-                    "strategy {id} has ended (deleted, or its lease lapsed without a \
-                     heartbeat); register again"
+                    "strategy {} has ended (deleted, or its lease lapsed without a \
+                     heartbeat); register again",
+                    echo(&id)
                 ),
                 "strategy_id": id,
                 "status": Status::Ended.as_str(),
@@ -532,9 +539,22 @@ async fn queues_by_tag(
             "query parameter tags is required, e.g. tags=a,b".into(),
         );
     }
-    let interval = match q.interval.as_deref().map(str::parse::<Interval>) {
-        Some(Ok(i)) => i.secs_i64(),
-        Some(Err(e)) => return bad("interval", format!("query parameter interval: {e}")),
+    let interval = match q.interval.as_deref().map(|t| (t, t.parse::<Interval>())) {
+        Some((_, Ok(i))) => i.secs_i64(),
+        // The parser's words quote the text: only when it is short enough to repeat.
+        Some((text, Err(e))) if text.chars().count() <= MAX_ECHO_CHARS => {
+            return bad("interval", format!("query parameter interval: {e}"))
+        }
+        Some((text, Err(_))) => {
+            return bad(
+                "interval",
+                format!(
+                    "query parameter interval '{}' is not an interval; give seconds or a \
+                     duration such as 60 or 1h",
+                    echo(text)
+                ),
+            )
+        }
         None => {
             return bad(
                 "interval",
@@ -549,7 +569,10 @@ async fn queues_by_tag(
             None => {
                 return bad(
                     "match",
-                    format!("query parameter match is '{text}'; expected any or all"),
+                    format!(
+                        "query parameter match is '{}'; expected any or all",
+                        echo(text)
+                    ),
                 )
             }
         },

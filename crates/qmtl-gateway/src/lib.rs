@@ -34,6 +34,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod echo;
 pub mod metrics;
 pub mod payload;
 pub mod queue;

@@ -36,6 +36,8 @@ use qmtl::NodeType;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::echo::echo;
+
 /// The default largest accepted request body: 32 MiB, room for a DAG of [`MAX_NODES`]
 /// nodes sent as base64 (a node takes about 420 bytes of JSON, so 50,000 short-named
 /// nodes are about 21 MB of JSON and 28 MB as base64).
@@ -142,8 +144,9 @@ pub enum PayloadError {
     },
     /// An interval or period that is zero or negative.
     #[error(
-        "field dag_json.nodes[{index}].{field} of node '{name}' is {value}; it must be a \
-         positive number"
+        "field dag_json.nodes[{index}].{field} of node '{}' is {value}; it must be a \
+         positive number",
+        echo(name)
     )]
     NotPositive {
         /// The node's position.
@@ -156,7 +159,10 @@ pub enum PayloadError {
         value: i64,
     },
     /// A period larger than a cache may hold.
-    #[error("field dag_json.nodes[{index}].period of node '{name}' is {value}; at most {max}")]
+    #[error(
+        "field dag_json.nodes[{index}].period of node '{}' is {value}; at most {max}",
+        echo(name)
+    )]
     PeriodTooLarge {
         /// The node's position.
         index: usize,
@@ -181,9 +187,10 @@ pub enum PayloadError {
     /// A tag that a `/queues/by_tag` query could not name: empty, with a comma (the
     /// query's separator) or with a blank at either end (the query trims them).
     #[error(
-        "field dag_json.nodes[{index}].tags[{tag_index}] is '{tag}'; a tag must be \
+        "field dag_json.nodes[{index}].tags[{tag_index}] is '{}'; a tag must be \
          non-empty, contain no comma and not start or end with a blank, so that \
-         /queues/by_tag?tags=... can name it"
+         /queues/by_tag?tags=... can name it",
+        echo(tag)
     )]
     UnqueryableTag {
         /// The node's position.
@@ -194,7 +201,10 @@ pub enum PayloadError {
         tag: String,
     },
     /// Two nodes with the same id.
-    #[error("field dag_json.nodes[{index}].node_id {node_id} is used by an earlier node")]
+    #[error(
+        "field dag_json.nodes[{index}].node_id {} is used by an earlier node",
+        echo(node_id)
+    )]
     DuplicateId {
         /// The later node's position.
         index: usize,
@@ -202,7 +212,10 @@ pub enum PayloadError {
         node_id: String,
     },
     /// Two nodes with the same name.
-    #[error("field dag_json.nodes[{index}].name '{name}' is used by an earlier node")]
+    #[error(
+        "field dag_json.nodes[{index}].name '{}' is used by an earlier node",
+        echo(name)
+    )]
     DuplicateName {
         /// The later node's position.
         index: usize,
@@ -211,8 +224,10 @@ pub enum PayloadError {
     },
     /// An input that names no node of the DAG.
     #[error(
-        "field dag_json.nodes[{index}].inputs[{input_index}] of node '{name}' names \
-         {input}, which is not a node of this DAG"
+        "field dag_json.nodes[{index}].inputs[{input_index}] of node '{}' names \
+         {}, which is not a node of this DAG",
+        echo(name),
+        echo(input)
     )]
     UnknownInput {
         /// The node's position.
@@ -225,7 +240,10 @@ pub enum PayloadError {
         input: String,
     },
     /// The inputs form a cycle.
-    #[error("field dag_json.nodes[{index}].inputs of node '{name}' form a cycle")]
+    #[error(
+        "field dag_json.nodes[{index}].inputs of node '{}' form a cycle",
+        echo(name)
+    )]
     Cycle {
         /// The position of a node on the cycle.
         index: usize,
@@ -234,8 +252,10 @@ pub enum PayloadError {
     },
     /// A node id that its description does not give.
     #[error(
-        "field dag_json.nodes[{index}].node_id of node '{name}' is {given}, but its \
-         description gives {expected}"
+        "field dag_json.nodes[{index}].node_id of node '{}' is {}, but its \
+         description gives {expected}",
+        echo(name),
+        echo(given)
     )]
     IdMismatch {
         /// The node's position.
@@ -248,13 +268,16 @@ pub enum PayloadError {
         expected: String,
     },
     /// A target that names no node.
-    #[error("field dag_json.target {target} is not a node of this DAG")]
+    #[error("field dag_json.target {} is not a node of this DAG", echo(target))]
     UnknownTarget {
         /// The id sent.
         target: String,
     },
     /// An unknown run type.
-    #[error("field run_type is '{value}'; expected backtest, dry-run or live")]
+    #[error(
+        "field run_type is '{}'; expected backtest, dry-run or live",
+        echo(value)
+    )]
     RunType {
         /// The value sent.
         value: String,
@@ -725,6 +748,34 @@ mod tests {
         let dag = serde_json::to_value(b.finish(&s).to_json()).unwrap();
         let err = check_dag(&dag).unwrap_err();
         assert_eq!(err.field(), "dag_json.nodes[0].name", "{err}");
+    }
+
+    #[test]
+    fn values_sent_are_repeated_in_errors_only_up_to_80_characters() {
+        let huge = "n".repeat(10_000);
+        let errors = [
+            PayloadError::RunType {
+                value: huge.clone(),
+            },
+            PayloadError::DuplicateName {
+                index: 1,
+                name: huge.clone(),
+            },
+            PayloadError::UnknownInput {
+                index: 1,
+                name: huge.clone(),
+                input_index: 0,
+                input: huge.clone(),
+            },
+            PayloadError::UnknownTarget {
+                target: huge.clone(),
+            },
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(text.contains(&format!("{}…", &huge[..80])), "{text}");
+            assert!(!text.contains(&huge[..81]), "{text}");
+        }
     }
 
     #[test]

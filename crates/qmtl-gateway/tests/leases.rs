@@ -1,7 +1,8 @@
 //! Registrations that are safe to resend and bounded in time, on both stores (SQLite,
 //! and a throwaway PostgreSQL server from `crates/qmtl/tests/support/pg.rs`): a repeat
 //! with the same `Idempotency-Key` gets the original 202 back (also after a restart),
-//! the same key with another DAG is 422 and after its strategy ended 410; a lease that
+//! the same key with another DAG, run type or `meta` is 422 and after its strategy ended
+//! 410; error answers repeat at most 80 characters of an id or value sent; a lease that
 //! heartbeats keep renewing holds, a lapsed one ends the strategy (no conflict, no queue
 //! map entry, no tag query match, never revived by a late heartbeat), also across a
 //! restart; `DELETE /strategies?idempotency_key=` ends what a key stored; concurrent
@@ -44,9 +45,17 @@ fn tag_query() -> DagJson {
 
 async fn post(gw: &Gateway, dag: &DagJson, key: Option<&str>) -> (StatusCode, Value) {
     let body = json!({ "dag_json": dag, "meta": null, "run_type": "dry-run" });
+    post_body(gw, &body, key).await
+}
+
+fn registration(dag: &DagJson, run_type: &str, meta: Value) -> Value {
+    json!({ "dag_json": dag, "meta": meta, "run_type": run_type })
+}
+
+async fn post_body(gw: &Gateway, body: &Value, key: Option<&str>) -> (StatusCode, Value) {
     let mut request = reqwest::Client::new()
         .post(url(gw, "/strategies"))
-        .json(&body);
+        .json(body);
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
@@ -123,6 +132,120 @@ async fn a_repeated_key_gets_the_original_registration_sqlite() {
 #[tokio::test]
 async fn a_repeated_key_gets_the_original_registration_postgres() {
     a_repeated_key_gets_the_original_registration(fresh_postgres("gw_lease_repeat")).await;
+}
+
+async fn a_key_resent_with_another_run_type_or_meta_is_422_naming_what_differs(store: StoreSpec) {
+    let gw = start(&store, LONG).await;
+    let dag = over_bars("mine");
+    let sent = |run_type: &str, meta: Value| registration(&dag, run_type, meta);
+    let original = sent("dry-run", json!({ "sdk": "test", "run": 1 }));
+    let (code, first) = post_body(&gw, &original, Some("whole-key")).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{first}");
+
+    // The same content is a repeat, whatever the order of meta's keys.
+    let reordered = sent("dry-run", json!({ "run": 1, "sdk": "test" }));
+    let (code, repeat) = post_body(&gw, &reordered, Some("whole-key")).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{repeat}");
+    assert_eq!(repeat["strategy_id"], first["strategy_id"]);
+
+    // Another run type or meta under the same key is another registration.
+    let cases = [
+        (sent("live", json!({ "sdk": "test", "run": 1 })), "run_type"),
+        (sent("dry-run", json!({ "sdk": "test", "run": 2 })), "meta"),
+        (sent("dry-run", json!({ "sdk": "test" })), "meta"),
+        (sent("dry-run", Value::Null), "meta"),
+    ];
+    for (body, differs) in cases {
+        let (code, answer) = post_body(&gw, &body, Some("whole-key")).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["field"], "Idempotency-Key");
+        let detail = answer["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("different {differs};")),
+            "{detail}"
+        );
+    }
+
+    // The original is untouched: still active, and its repeat still the same 202.
+    assert_eq!(status_of(&gw, &id_of(&first)).await, "active");
+    let (code, repeat) = post_body(&gw, &original, Some("whole-key")).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{repeat}");
+    assert_eq!(repeat["strategy_id"], first["strategy_id"]);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_resent_with_another_run_type_or_meta_is_422_naming_what_differs_sqlite() {
+    let store = sqlite("whole");
+    a_key_resent_with_another_run_type_or_meta_is_422_naming_what_differs(store).await;
+}
+
+#[tokio::test]
+async fn a_key_resent_with_another_run_type_or_meta_is_422_naming_what_differs_postgres() {
+    let store = fresh_postgres("gw_lease_whole");
+    a_key_resent_with_another_run_type_or_meta_is_422_naming_what_differs(store).await;
+}
+
+/// Asserts `detail` repeats `sent` only as its first 80 characters and `…`.
+#[track_caller]
+fn assert_echo_capped(detail: &Value, sent: &str) {
+    let detail = detail
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail: {detail}"));
+    let shown: String = sent.chars().take(80).collect();
+    assert!(detail.contains(&format!("{shown}…")), "{detail}");
+    let more: String = sent.chars().take(81).collect();
+    assert!(!detail.contains(&more), "{detail}");
+    assert!(
+        detail.chars().count() <= 500,
+        "{} chars",
+        detail.chars().count()
+    );
+}
+
+#[tokio::test]
+async fn error_answers_repeat_at_most_80_characters_of_an_id_or_value_sent() {
+    let gw = start(&StoreSpec::SqliteMemory, LONG).await;
+    let client = reqwest::Client::new();
+    let huge = "a".repeat(10_000);
+
+    // An unknown strategy id, on every route that takes one.
+    let path = format!("/strategies/{huge}");
+    let requests = [
+        client.post(url(&gw, &format!("{path}/heartbeat"))),
+        client.get(url(&gw, &format!("{path}/status"))),
+        client.get(url(&gw, &path)),
+        client.delete(url(&gw, &path)),
+    ];
+    for request in requests {
+        let (code, body) = send(request).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+        assert_echo_capped(&body["detail"], &huge);
+    }
+
+    // Query values.
+    for query in [
+        format!("/queues/by_tag?tags=fx&interval=60&match={huge}"),
+        format!("/queues/by_tag?tags=fx&interval={huge}"),
+    ] {
+        let (code, body) = get(&gw, &query).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_echo_capped(&body["detail"], &huge);
+    }
+
+    // A value in the registration, and a reused key.
+    let body = json!({ "dag_json": over_bars("x"), "meta": null, "run_type": huge });
+    let (code, answer) = post_body(&gw, &body, None).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "run_type");
+    assert_echo_capped(&answer["detail"], &huge);
+    let key = "k".repeat(128);
+    let (code, answer) = post(&gw, &over_bars("x"), Some(&key)).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{answer}");
+    let (code, answer) = post(&gw, &over_bars("y"), Some(&key)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_echo_capped(&answer["detail"], &key);
+    gw.stop().await.unwrap();
 }
 
 async fn heartbeats_hold_a_lease_and_a_lapsed_one_ends_the_strategy(store: StoreSpec) {
@@ -323,7 +446,9 @@ async fn concurrent_resends_of_one_registration_get_one_strategy_postgres() {
 async fn the_clients_heartbeat_holds_its_lease_and_a_lapsed_one_is_reported() {
     use qmtl::gateway_client::{GatewayClient, GatewayError, RunType};
 
-    let lease = Duration::from_millis(1500);
+    // Heartbeats come every third of the lease but at most once a second: a lease of
+    // 3 s is the shortest renewed every third.
+    let lease = Duration::from_secs(3);
     let gw = start(&StoreSpec::SqliteMemory, lease).await;
     let client = GatewayClient::new(&format!("http://{}", gw.local_addr())).unwrap();
     let mut b = DagBuilder::new();
@@ -338,7 +463,7 @@ async fn the_clients_heartbeat_holds_its_lease_and_a_lapsed_one_is_reported() {
     assert_eq!(registration.lease, Some(lease));
     let id = registration.strategy_id.clone();
 
-    // Renewed every 0.5 s, it outlives its lease twice over.
+    // Renewed every second, it outlives its lease twice over.
     let heartbeat = client.keep_alive(&registration);
     tokio::time::sleep(lease * 2).await;
     assert_eq!(status_of(&gw, &id).await, "active");

@@ -14,22 +14,27 @@
 //! 600 ms) when the gateway could not be reached, did not answer in time, lost the
 //! connection or answered 5xx ([`GatewayError::is_retryable`]). A 4xx answer is final
 //! and never resent. A heartbeat is sent once: the next one is its retry. With
-//! [`GatewayClient::stop_retrying_on`], a cancelled run starts no new attempt. When a
+//! [`GatewayClient::stop_retrying_on`], a run cancelled while it registers abandons the
+//! attempt in flight at once and starts no new one ([`GatewayError::Stopped`]). When a
 //! registration fails after it may have reached the gateway (it timed out, lost its
-//! connection, got a 5xx or an answer that is not the API's; not when every connection
-//! was refused or the gateway refused it with a 4xx, which stores nothing), the client
-//! asks the gateway, best effort, to end whatever it stored under the key
-//! (`DELETE /strategies?idempotency_key=KEY`), so no half-registered strategy stays
+//! connection, got a 5xx or an answer that is not the API's, or was stopped; not when
+//! every connection was refused or the gateway refused it with a 4xx, which stores
+//! nothing), the client asks the gateway, best effort, to end whatever it stored under
+//! the key (`DELETE /strategies?idempotency_key=KEY`, allowed 1.5 s, or 0.5 s after a
+//! stop so that the run still stops within 2 s), so no half-registered strategy stays
 //! active; should that fail too, the registration's lease ends it.
 //!
 //! A registration lives as long as its lease (the gateway's `--lease-secs`, answered as
 //! `lease_secs`); [`GatewayClient::keep_alive`] renews it with
-//! `POST /strategies/{id}/heartbeat` every third of the lease while the run lives. A
-//! failed heartbeat is a warning and the next one tries again. When the gateway answers
-//! that the strategy has ended (410, or 404 from a gateway that forgot it), the lease
-//! has lapsed: the heartbeat stops with a warning and the run goes on, but other
-//! strategies no longer see its nodes; it is not registered again, since a new queue
-//! map cannot be applied to a run in progress.
+//! `POST /strategies/{id}/heartbeat` every third of the lease, but never more often
+//! than once a second, whatever the gateway answers, while the run lives (for a lease
+//! under 3 s the client warns `gateway.lease_too_short`: such a lease may lapse between
+//! heartbeats). A lease that is not a positive number of seconds below 10^9 is an
+//! answer that is not the API's. A failed heartbeat is a warning and the next one tries
+//! again. When the gateway answers that the strategy has ended (410, or 404 from a
+//! gateway that forgot it), the lease has lapsed: the heartbeat stops with a warning
+//! and the run goes on, but other strategies no longer see its nodes; it is not
+//! registered again, since a new queue map cannot be applied to a run in progress.
 //!
 //! Each request may take 10 s, or the seconds in `QMTL_GATEWAY_TIMEOUT_SECS`. Plain
 //! `http://` only: this build has no TLS, so put a TLS-terminating proxy in front of a
@@ -63,6 +68,13 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the best-effort end of an abandoned registration may take.
 const ABANDON_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How long the best-effort end of a registration stopped by its run may take: short,
+/// so that a signal stops the run within 2 s.
+const ABANDON_TIMEOUT_STOPPED: Duration = Duration::from_millis(500);
+
+/// The shortest pause between heartbeats, whatever lease the gateway answers.
+pub const MIN_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// The environment variable holding the limit on one request, in seconds.
 pub const TIMEOUT_ENV: &str = "QMTL_GATEWAY_TIMEOUT_SECS";
@@ -235,6 +247,19 @@ pub enum GatewayError {
         #[source]
         source: Option<serde_json::Error>,
     },
+    /// The run was cancelled (SIGINT/SIGTERM) while it registered: the attempt in flight
+    /// was abandoned and no new one started.
+    #[error("stopped while registering with {url} (attempt {attempts})")]
+    Stopped {
+        /// The gateway's base URL.
+        url: String,
+        /// Attempts made, the abandoned one included.
+        attempts: u32,
+        /// The failure of the attempt before the stop, when the stop came during the
+        /// pause before a resend.
+        #[source]
+        source: Option<Box<GatewayError>>,
+    },
     /// A heartbeat found the strategy ended: its lease lapsed or it was deleted.
     #[error(
         "gateway {url} no longer holds strategy {strategy_id} as active (its lease lapsed \
@@ -279,6 +304,12 @@ impl GatewayError {
                 | GatewayError::Transport { .. }
                 | GatewayError::Server { .. }
         )
+    }
+
+    /// Whether the run was asked to stop while the request was under way (see
+    /// [`GatewayClient::stop_retrying_on`]): a stop, not a failure of the gateway.
+    pub fn is_stop(&self) -> bool {
+        matches!(self, GatewayError::Stopped { .. })
     }
 
     /// The same error, counting `attempts` attempts.
@@ -373,6 +404,13 @@ fn timeout_from_env() -> Option<Duration> {
     }
 }
 
+/// How often a lease of `lease` is renewed: every third of it, so two heartbeats may
+/// fail before it lapses, but never more often than [`MIN_HEARTBEAT_EVERY`], whatever a
+/// misconfigured gateway answers.
+pub fn heartbeat_every(lease: Duration) -> Duration {
+    (lease / 3).max(MIN_HEARTBEAT_EVERY)
+}
+
 /// A key unique to one registration call: process, time, a counter and the DAG.
 fn new_idempotency_key(dag_hash: &str) -> String {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -438,10 +476,11 @@ impl GatewayClient {
         })
     }
 
-    /// Starts no new attempt of a request once `token` is cancelled during it (the
-    /// attempt in flight finishes, and its failure is returned), so a run asked to stop
-    /// is not held up by retries. A token cancelled before the request began does not
-    /// shorten it.
+    /// Abandons a registration once `token` is cancelled during it: the attempt in
+    /// flight is dropped at once (or the pause before a resend cut short), no new
+    /// attempt starts, and the registration fails with [`GatewayError::Stopped`], so a
+    /// run asked to stop is not held up by the gateway. A token cancelled before the
+    /// registration began does not shorten it; ending a strategy is never cut short.
     #[must_use]
     pub fn stop_retrying_on(mut self, token: tokio_util::sync::CancellationToken) -> Self {
         self.stop_retrying = Some(token);
@@ -473,9 +512,10 @@ impl GatewayClient {
     /// # Errors
     /// Any [`GatewayError`]: 401, 409 (with the active strategy's id), 4xx with the
     /// gateway's `detail` and `field`, 5xx, an unreachable gateway, a timeout, or an
-    /// answer that is not the API's. Before a failure that came after the request may
-    /// have reached the gateway is returned, the gateway is asked to end whatever it
-    /// stored under the key.
+    /// answer that is not the API's; [`GatewayError::Stopped`] when the token given to
+    /// [`GatewayClient::stop_retrying_on`] was cancelled during it. Before a failure
+    /// that came after the request may have reached the gateway is returned, the
+    /// gateway is asked to end whatever it stored under the key.
     pub async fn register(
         &self,
         dag: &Dag,
@@ -503,7 +543,12 @@ impl GatewayClient {
             Err(error) => {
                 // A refusal (4xx) means nothing is stored under the key.
                 if reached && !error.is_usage() {
-                    self.abandon(&key).await;
+                    let within = if error.is_stop() {
+                        ABANDON_TIMEOUT_STOPPED
+                    } else {
+                        ABANDON_TIMEOUT
+                    };
+                    self.abandon(&key, within).await;
                 }
                 return Err(error);
             }
@@ -556,12 +601,12 @@ impl GatewayClient {
 
     /// Asks the gateway, best effort, to end what it stored under `key`; a failure is
     /// logged (the lease ends the registration anyway).
-    async fn abandon(&self, key: &str) {
+    async fn abandon(&self, key: &str, within: Duration) {
         let url = format!("{}/strategies?idempotency_key={key}", self.url);
         let request = self.send_once("DELETE /strategies?idempotency_key", || {
             self.http.delete(&url)
         });
-        match tokio::time::timeout(ABANDON_TIMEOUT, request).await {
+        match tokio::time::timeout(within, request).await {
             Ok(Ok((200 | 204, _))) => {
                 tracing::info!(gateway_url = %self.url, "gateway.registration_abandoned");
             }
@@ -575,7 +620,7 @@ impl GatewayClient {
                 gateway_url = %self.url, error = %error, "gateway.abandon_failed"
             ),
             Err(_) => tracing::warn!(
-                gateway_url = %self.url, timeout_ms = ABANDON_TIMEOUT.as_millis() as u64,
+                gateway_url = %self.url, timeout_ms = within.as_millis() as u64,
                 "gateway.abandon_failed"
             ),
         }
@@ -625,14 +670,22 @@ impl GatewayClient {
         }
     }
 
-    /// Starts renewing `registration`'s lease every third of it, until the returned
-    /// [`Heartbeat`] is dropped; nothing to do for a gateway without leases. Must be
-    /// called inside a Tokio runtime.
+    /// Starts renewing `registration`'s lease every third of it (at most once a
+    /// second, see [`heartbeat_every`]), until the returned [`Heartbeat`] is dropped;
+    /// nothing to do for a gateway without leases. Must be called inside a Tokio
+    /// runtime.
     pub fn keep_alive(&self, registration: &Registration) -> Heartbeat {
         let Some(lease) = registration.lease else {
             return Heartbeat { task: None };
         };
-        let every = (lease / 3).max(Duration::from_millis(10));
+        let every = heartbeat_every(lease);
+        if every > lease / 3 {
+            tracing::warn!(
+                gateway_url = %self.url, strategy_id = %registration.strategy_id,
+                lease_ms = lease.as_millis() as u64, every_ms = every.as_millis() as u64,
+                "gateway.lease_too_short"
+            );
+        }
         let client = self.clone().timeout(self.timeout.min(every));
         let id = registration.strategy_id.clone();
         let task = tokio::spawn(async move {
@@ -674,7 +727,21 @@ impl GatewayClient {
         let mut reached = false;
         let mut attempt = 1;
         loop {
-            let result = match self.send_once(what, &build).await {
+            // One attempt, dropped as soon as the run is stopped.
+            let sent = match stop {
+                Some(stop) => {
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => {
+                            // It may have been sent: count it as reaching the gateway.
+                            return (Err(self.stopped(attempt, None)), true);
+                        }
+                        sent = self.send_once(what, &build) => sent,
+                    }
+                }
+                None => self.send_once(what, &build).await,
+            };
+            let result = match sent {
                 Ok((status, bytes)) => decode(status, &bytes),
                 Err(error) => Err(error),
             };
@@ -683,9 +750,11 @@ impl GatewayClient {
                 Err(error) => error,
             };
             reached |= !matches!(error, GatewayError::Unreachable { .. });
-            let stopping = stop.is_some_and(|t| t.is_cancelled());
-            if !error.is_retryable() || attempt >= ATTEMPTS || stopping {
+            if !error.is_retryable() || attempt >= ATTEMPTS {
                 return (Err(error.after_attempts(attempt)), reached);
+            }
+            if stop.is_some_and(|t| t.is_cancelled()) {
+                return (Err(self.stopped(attempt, Some(error))), reached);
             }
             tracing::warn!(
                 gateway_url = %self.url, request = what, attempt,
@@ -696,7 +765,7 @@ impl GatewayClient {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = stop.cancelled() => {
-                            return (Err(error.after_attempts(attempt)), reached);
+                            return (Err(self.stopped(attempt, Some(error))), reached);
                         }
                     }
                 }
@@ -704,6 +773,17 @@ impl GatewayClient {
             }
             delay *= 2;
             attempt += 1;
+        }
+    }
+
+    /// The error for a registration stopped by its run after `attempts` attempts;
+    /// `last` is the failure of the attempt before the stop, if it had failed.
+    fn stopped(&self, attempts: u32, last: Option<GatewayError>) -> GatewayError {
+        tracing::info!(gateway_url = %self.url, attempts, "gateway.registration_stopped");
+        GatewayError::Stopped {
+            url: self.url.clone(),
+            attempts,
+            source: last.map(|e| Box::new(e.after_attempts(attempts))),
         }
     }
 
@@ -919,6 +999,44 @@ mod tests {
             assert_eq!(err.is_retryable(), *retryable, "{status}: {err}");
         }
         assert!(!client.garbage(202, b"<html>", None).is_retryable());
+    }
+
+    #[test]
+    fn heartbeats_come_every_third_of_the_lease_but_at_most_once_a_second() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (Duration::from_secs(30), Duration::from_secs(10)),
+            (Duration::from_secs(3), Duration::from_secs(1)),
+            (ms(1500), Duration::from_secs(1)),
+            (Duration::from_nanos(1_000), Duration::from_secs(1)),
+            (Duration::ZERO, Duration::from_secs(1)),
+            (
+                Duration::from_secs(900_000_000),
+                Duration::from_secs(300_000_000),
+            ),
+        ];
+        for (lease, every) in cases {
+            assert_eq!(heartbeat_every(lease), every, "lease {lease:?}");
+        }
+    }
+
+    #[test]
+    fn a_registration_stopped_by_its_run_is_a_stop_naming_the_url_not_a_failure() {
+        let client = GatewayClient::new("http://127.0.0.1:1").unwrap();
+        let last = client.failure(503, br#"{"detail":"store down"}"#);
+        for err in [client.stopped(1, None), client.stopped(2, Some(last))] {
+            assert!(err.is_stop(), "{err}");
+            assert!(!err.is_usage() && !err.is_retryable(), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("stopped while registering with http://127.0.0.1:1"),
+                "{text}"
+            );
+        }
+        let err = client.stopped(2, Some(client.failure(503, b"x")));
+        let cause = std::error::Error::source(&err).expect("the last failure is kept");
+        assert!(cause.to_string().contains("503"), "{cause}");
+        assert!(!client.failure(503, b"x").is_stop());
     }
 
     #[test]

@@ -32,7 +32,13 @@
 //! timed-out or abandoned attempt) are simply written again. An outage is bounded: once
 //! rows have waited longer than [`OUTAGE_LIMIT`], or more than [`MAX_WAITING_ROWS`] rows
 //! wait, the next attempt that fails ends the run with [`RecordError::Outage`] instead of
-//! growing without limit.
+//! growing without limit. A producer that can outrun the database (a long warm-up
+//! replay) calls [`Recorder::make_room`] after each [`Recorder::record`]: while more than
+//! [`PAUSE_ROWS`] rows wait, it waits for the database, retrying on the backoff, so a
+//! restart delays the producer instead of filling memory up to the bound. The attempt
+//! timeout, the bounds and the pause threshold above are the defaults of
+//! [`RecordLimits`] ([`Recorder::set_limits`]).
+//!
 //! [`Recorder::finish`] writes what is left at the end of a run, retrying only for a
 //! short deadline, and names how many rows were not recorded when it gives up.
 
@@ -71,7 +77,8 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 pub const LAST_RETRY: Duration = Duration::from_secs(5);
 
 /// How long one attempt to write may take during a run before it counts as failed (a
-/// database that accepts connections but does not answer).
+/// database that accepts connections but does not answer); a dryrun or live run gives
+/// it at most its request timeout. The attempt holds up its caller for that long.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long rows may wait for an unreachable database before the run fails.
@@ -80,6 +87,73 @@ pub const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 /// How many rows may wait for an unreachable database before the run fails (about
 /// 50 MB for rows of five fields).
 pub const MAX_WAITING_ROWS: usize = 1_000_000;
+
+/// Rows waiting above which [`Recorder::make_room`] holds the producer back until the
+/// database takes them: far below [`MAX_WAITING_ROWS`], so that a producer that waits
+/// never reaches that bound.
+pub const PAUSE_ROWS: usize = 100_000;
+
+/// How a [`Recorder`] rides out an outage: how long one attempt may take, when
+/// producers are held back and when the outage fails the run. The default is
+/// [`WRITE_TIMEOUT`], [`OUTAGE_LIMIT`], [`MAX_WAITING_ROWS`] and [`PAUSE_ROWS`].
+///
+/// ```
+/// use std::time::Duration;
+/// use qmtl::recorder::RecordLimits;
+///
+/// let limits = RecordLimits::default()
+///     .write_timeout(Duration::from_secs(2))
+///     .pause_rows(5_000)
+///     .max_waiting_rows(50_000);
+/// assert_eq!(limits.pause_rows, 5_000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct RecordLimits {
+    /// How long one attempt to write may take before it counts as failed.
+    pub write_timeout: Duration,
+    /// How long rows may wait for a failing database before the run fails.
+    pub outage: Duration,
+    /// How many rows may wait for a failing database before the run fails.
+    pub max_waiting_rows: usize,
+    /// Rows waiting above which [`Recorder::make_room`] holds the producer back (taken
+    /// as at most `max_waiting_rows`).
+    pub pause_rows: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> Self {
+        RecordLimits {
+            write_timeout: WRITE_TIMEOUT,
+            outage: OUTAGE_LIMIT,
+            max_waiting_rows: MAX_WAITING_ROWS,
+            pause_rows: PAUSE_ROWS,
+        }
+    }
+}
+
+impl RecordLimits {
+    /// How long one attempt to write may take.
+    pub fn write_timeout(mut self, limit: Duration) -> Self {
+        self.write_timeout = limit;
+        self
+    }
+    /// How long rows may wait for a failing database.
+    pub fn outage(mut self, limit: Duration) -> Self {
+        self.outage = limit;
+        self
+    }
+    /// How many rows may wait for a failing database.
+    pub fn max_waiting_rows(mut self, rows: usize) -> Self {
+        self.max_waiting_rows = rows;
+        self
+    }
+    /// Rows waiting above which producers are held back.
+    pub fn pause_rows(mut self, rows: usize) -> Self {
+        self.pause_rows = rows;
+        self
+    }
+}
 
 /// The SQL dialect of the server at the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,9 +288,9 @@ pub enum RecordError {
         rows: usize,
         /// Seconds since the first failed attempt.
         failing_s: u64,
-        /// [`OUTAGE_LIMIT`] in seconds.
+        /// The outage bound in seconds ([`RecordLimits::outage`]).
         limit_s: u64,
-        /// [`MAX_WAITING_ROWS`].
+        /// The waiting-rows bound ([`RecordLimits::max_waiting_rows`]).
         limit_rows: usize,
         /// The last attempt's error.
         #[source]
@@ -296,6 +370,7 @@ pub struct Recorder {
     pending_rows: usize,
     written: u64,
     outage: Option<Outage>,
+    limits: RecordLimits,
     waiting_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
@@ -381,6 +456,7 @@ impl Recorder {
             pending_rows: 0,
             written: 0,
             outage: None,
+            limits: RecordLimits::default(),
             waiting_gauge: None,
         })
     }
@@ -399,6 +475,16 @@ impl Recorder {
     /// database).
     pub fn waiting(&self) -> usize {
         self.pending_rows
+    }
+
+    /// Sets how the recorder rides out an outage (default [`RecordLimits::default`]).
+    pub fn set_limits(&mut self, limits: RecordLimits) {
+        self.limits = limits;
+    }
+
+    /// How the recorder rides out an outage.
+    pub fn limits(&self) -> RecordLimits {
+        self.limits
     }
 
     /// Keeps `gauge` at the number of rows waiting to be written.
@@ -429,6 +515,39 @@ impl Recorder {
         self.try_flush().await
     }
 
+    /// Back-pressure for a producer: while more rows wait than the limits' `pause_rows`,
+    /// waits for the database, trying again on the outage's backoff, until they are
+    /// written. Returns at once when few enough rows wait. A producer that calls it after
+    /// each [`Recorder::record`] is delayed by a database restart instead of piling rows
+    /// up to the waiting-rows bound; the outage's time bound still ends the wait. The
+    /// future may be dropped at any await (say, on a signal): the rows stay buffered.
+    ///
+    /// # Errors
+    /// As [`Recorder::record`]: [`RecordError::Outage`] once the outage bound is passed,
+    /// or an error that retrying will not cure.
+    pub async fn make_room(&mut self) -> Result<(), RecordError> {
+        let room = self.limits.pause_rows.min(self.limits.max_waiting_rows);
+        if self.pending_rows <= room {
+            return Ok(());
+        }
+        tracing::warn!(
+            table = %self.table, addr = %self.source.addr(), rows_waiting = self.pending_rows,
+            pause_rows = room, "recorder.producer_paused"
+        );
+        let began = Instant::now();
+        while self.pending_rows > room {
+            if let Some(outage) = self.outage {
+                tokio::time::sleep_until(outage.next_attempt.into()).await;
+            }
+            self.try_flush().await?;
+        }
+        tracing::info!(
+            table = %self.table, rows_waiting = self.pending_rows,
+            paused_ms = began.elapsed().as_millis() as u64, "recorder.producer_resumed"
+        );
+        Ok(())
+    }
+
     /// Buffers every non-empty node of `recorded` without writing; [`Recorder::finish`]
     /// or a later [`Recorder::record`] writes them.
     ///
@@ -452,15 +571,15 @@ impl Recorder {
         // During an outage, wait for the backoff unless a bound is passed: then try now,
         // and fail if that attempt fails.
         let now = Instant::now();
-        let over_bound = self.pending_rows > MAX_WAITING_ROWS
+        let over_bound = self.pending_rows > self.limits.max_waiting_rows
             || self
                 .outage
-                .is_some_and(|o| now.duration_since(o.since) > OUTAGE_LIMIT);
+                .is_some_and(|o| now.duration_since(o.since) > self.limits.outage);
         let backing_off = self.outage.is_some_and(|o| now < o.next_attempt);
         if self.pending_rows == 0 || (backing_off && !over_bound) {
             return Ok(());
         }
-        let result = self.flush_within(WRITE_TIMEOUT).await;
+        let result = self.flush_within(self.limits.write_timeout).await;
         self.settle(result, Instant::now())
     }
 
@@ -502,7 +621,8 @@ impl Recorder {
                 });
                 outage.failures += 1;
                 let failing = now.duration_since(outage.since);
-                if failing > OUTAGE_LIMIT || self.pending_rows > MAX_WAITING_ROWS {
+                let limits = self.limits;
+                if failing > limits.outage || self.pending_rows > limits.max_waiting_rows {
                     return Err(self.outage_error(error, failing));
                 }
                 let wait = Outage::backoff(outage.failures);
@@ -525,8 +645,8 @@ impl Recorder {
             addr: self.source.addr(),
             rows: self.pending_rows,
             failing_s: failing.as_secs(),
-            limit_s: OUTAGE_LIMIT.as_secs(),
-            limit_rows: MAX_WAITING_ROWS,
+            limit_s: self.limits.outage.as_secs(),
+            limit_rows: self.limits.max_waiting_rows,
             source: Box::new(error),
         }
     }

@@ -51,6 +51,11 @@ pub struct LiveFigures {
     /// The strategy id the gateway gave, when the run registered with one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy_id: Option<String>,
+    /// Why a dryrun or live run failed once its warm-up began (say, outputs it could not
+    /// record): the report of such a run is still written, with the error, before the
+    /// run returns that error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Wall-clock phases of the run, in seconds.

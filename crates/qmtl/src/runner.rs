@@ -53,7 +53,7 @@ use crate::live::{LiveError, LiveSpec};
 use crate::loader::{CacheLoader, LoaderError};
 use crate::metrics::{self, Metrics, MetricsError, MetricsServer, NodeLabels, UpstreamLabels};
 use crate::node::{NodeSpec, NodeType};
-use crate::recorder::{OutputBuffer, RecordError, Recorder};
+use crate::recorder::{OutputBuffer, RecordError, RecordLimits, Recorder};
 use crate::replay::{replay_merged, Executor, OnMissing, ReplayError};
 use crate::report::{LiveFigures, NodeReport, Report, Timings};
 use crate::sources::{SourceMap, SourceOptions, SourceSpec, SourceSpecError, DEFAULT_TABLE};
@@ -359,6 +359,7 @@ pub struct Runner {
     cancel: CancellationToken,
     backfill_table: Option<String>,
     record: Option<RecordSettings>,
+    record_limits: RecordLimits,
     gateway_token: Option<String>,
     live: LiveSpec,
     poll_interval: Duration,
@@ -415,6 +416,7 @@ impl Runner {
             cancel: CancellationToken::new(),
             backfill_table: None,
             record: None,
+            record_limits: RecordLimits::default(),
             gateway_token: None,
             live: LiveSpec::Table,
             poll_interval: crate::live::table::DEFAULT_POLL_INTERVAL,
@@ -585,6 +587,15 @@ impl Runner {
                 })
             }
         }
+        self
+    }
+
+    /// How a dryrun or live run's recorder rides out a database outage: when the warm-up
+    /// and the live loop wait for it, and when the run fails (default
+    /// [`RecordLimits::default`]; an attempt to write is given at most the
+    /// [`BackfillConfig::request_timeout`] too).
+    pub fn record_limits(mut self, limits: RecordLimits) -> Self {
+        self.record_limits = limits;
         self
     }
 

@@ -31,10 +31,17 @@
 //! failed polls again from the same watermark, and the recorder keeps unwritten rows in
 //! memory and writes them once the database is back (bounded by
 //! [`crate::recorder::OUTAGE_LIMIT`] and [`crate::recorder::MAX_WAITING_ROWS`]; past
-//! them the run fails). At shutdown what is left is written with a deadline of
+//! them the run fails). While more than [`crate::recorder::PAUSE_ROWS`] rows wait, the
+//! warm-up replay and the live loop stop producing and wait for the database, so a
+//! restart during a long warm-up delays the run instead of failing it (the limits are
+//! [`Runner::record_limits`]; an attempt to write is given at most the run's request
+//! timeout). At shutdown what is left is written with a deadline of
 //! [`FINAL_WRITE_SIGNALLED`] after a signal (so the process still exits promptly) or
 //! [`FINAL_WRITE`] when the live source ended; rows that cannot be written by then fail
 //! the run with an error naming how many were not recorded.
+//!
+//! A run that fails once its warm-up has begun still writes its report (with the error
+//! in `error`) before returning the error.
 //!
 //! After a clean stop every output the run computed (the report's `outputs` of each
 //! recorded node, warm-up and live) is in the table.
@@ -56,7 +63,7 @@ use crate::gateway_client::{GatewayClient, QueueTarget, Registration, RunType};
 use crate::live::{JsonlSource, LiveBatch, LiveFeed, LiveSource, LiveSpec, TableFollower};
 use crate::loader::CacheLoader;
 use crate::node::{NodeId, NodeSpec, NodeType};
-use crate::recorder::{OutputBuffer, Recorded, Recorder};
+use crate::recorder::{OutputBuffer, RecordLimits, Recorded, Recorder};
 use crate::replay::{replay_feeds, Executor, Feed, ReplayError};
 use crate::report::{Report, Timings};
 use crate::sources::{SourceMap, SourceOptions, SourceSpec, DEFAULT_TABLE};
@@ -141,15 +148,53 @@ pub(super) async fn run(runner: Runner, dag: Dag) -> Result<Report, RunError> {
     let result = run_registered(&runner, &dag, loaders, store, recorder, &registration).await;
     drop(heartbeat);
     end_registration(&client, &id).await;
-    let mut report = result?;
+
+    // Write the report, also for a run that failed once its warm-up began (with the
+    // error in it), so that its counts are not lost.
+    let (mut report, failure) = match result {
+        Ok(report) => (report, None),
+        Err(Failed {
+            report: Some(report),
+            error,
+        }) => (*report, Some(error)),
+        Err(Failed {
+            report: None,
+            error,
+        }) => return Err(error),
+    };
     report.live.strategy_id = Some(id);
-    if let Some(path) = &runner.report_json {
-        report.write_json(path).map_err(|source| RunError::Report {
+    report.live.error = failure.as_ref().map(ToString::to_string);
+    let written = match &runner.report_json {
+        Some(path) => report.write_json(path).map_err(|source| RunError::Report {
             path: path.clone(),
             source,
-        })?;
+        }),
+        None => Ok(()),
+    };
+    match (failure, written) {
+        (None, written) => written.map(|()| report),
+        (Some(error), Ok(())) => Err(error),
+        (Some(error), Err(unwritten)) => {
+            tracing::error!(error = %unwritten, "report.write_failed");
+            Err(error)
+        }
     }
-    Ok(report)
+}
+
+/// A run that failed after registering: the error, and when the warm-up had begun, the
+/// report of what the run did until then.
+struct Failed {
+    report: Option<Box<Report>>,
+    error: RunError,
+}
+
+impl From<RunError> for Failed {
+    fn from(error: RunError) -> Self {
+        Failed {
+            report: None,
+            error,
+        }
+    }
 }
 
 /// The queue store, by the rule in the module docs.
@@ -214,11 +259,13 @@ async fn run_registered(
     store: Option<QueueStore>,
     mut recorder: Option<Recorder>,
     registration: &Registration,
-) -> Result<Report, RunError> {
+) -> Result<Report, Failed> {
     // Resolve the range.
     let (explicit_start, end) = runner.resolve_range()?;
     let warmup = warmup_spans(dag);
-    let start_of = |span: i64| explicit_start.unwrap_or_else(|| end.saturating_sub(span));
+    let start_of = |span: i64, interval: crate::Interval| {
+        explicit_start.unwrap_or_else(|| warmup_start(end, span, interval))
+    };
     let warmup_only = explicit_start.is_none();
     if let Some(start) = explicit_start.filter(|s| *s >= end) {
         return Err(RunError::EmptyRange {
@@ -226,7 +273,8 @@ async fn run_registered(
             start_h: crate::time::format_timestamp(start),
             end,
             end_h: crate::time::format_timestamp(end),
-        });
+        }
+        .into());
     }
 
     // Plan the feeds: streams, nodes computed elsewhere, tag queries' queues.
@@ -246,7 +294,7 @@ async fn run_registered(
                     target: Feed::Node(index),
                     stream: Some(index),
                     loader: loader.clone(),
-                    start: start_of(span),
+                    start: start_of(span, node.interval),
                     newest: warmup_only.then(|| rows_in(span, node.interval)),
                 });
             }
@@ -262,7 +310,10 @@ async fn run_registered(
                     target: Feed::Node(index),
                     stream: None,
                     loader,
-                    start: start_of(2 * node.period as i64 * node.interval.secs_i64()),
+                    start: start_of(
+                        2 * node.period as i64 * node.interval.secs_i64(),
+                        node.interval,
+                    ),
                     newest: warmup_only.then_some(2 * node.period as u64),
                 });
                 external.insert(index, queue.clone());
@@ -279,7 +330,8 @@ async fn run_registered(
                     continue;
                 }
                 let loader = open_queue_loader(&mut queue_loader, &store, node, &queues[0]).await?;
-                let start = start_of(2 * node.period as i64 * node.interval.secs_i64());
+                let span = 2 * node.period as i64 * node.interval.secs_i64();
+                let start = start_of(span, node.interval);
                 let mut inputs = Vec::new();
                 for queue in queues {
                     let id = NodeId::from_hex(queue.as_str());
@@ -331,6 +383,7 @@ async fn run_registered(
     let (metrics, _server) = runner.serve_metrics().await?;
     if let Some(recorder) = &mut recorder {
         recorder.set_waiting_gauge(metrics.recorder_rows_waiting.clone());
+        recorder.set_limits(run_record_limits(runner));
     }
 
     // Backfill every feed.
@@ -391,206 +444,216 @@ async fn run_registered(
     }
 
     // Replay the warm-up when every job completed, slice by slice, recording what each
-    // slice produced. A signal during the warm-up replay stops the run cleanly, like one
-    // during the backfill: what was replayed is recorded and reported.
+    // slice produced (waiting for the recorder whenever too many rows wait for a failing
+    // database). A signal during the warm-up replay stops the run cleanly, like one
+    // during the backfill: what was replayed is recorded and reported. Whatever ends the
+    // replay, the live phase or the last write, the report says what the run did.
     let all_completed = job_reports.iter().all(|j| j.status == JobStatus::Completed);
-    let began = Instant::now();
     let mut events = 0;
-    let mut spare: Vec<Recorded> = Vec::new();
-    if all_completed {
-        let inputs: Vec<(Feed, &Columns)> =
-            feeds.iter().map(|f| f.target).zip(history.iter()).collect();
-        let mut slices = ReplaySlices::new(&inputs);
-        while !runner.cancel.is_cancelled() && slices.advance(REPLAY_SLICE_ROWS) {
-            let pushed_before: Vec<u64> = stream_outputs(&exec, &feeds);
-            let (done, cancelled) = match replay_feeds(&mut exec, &slices.current()) {
-                Ok(n) => (n, false),
-                Err(ReplayError::Cancelled { events }) => (events, true),
-                Err(e) => return Err(e.into()),
-            };
-            events += done;
-            // Streams emit nothing to the buffer: keep the rows the slice pushed.
-            let pushed = stream_outputs(&exec, &feeds);
-            for ((f, slice), (before, after)) in feeds
-                .iter()
-                .zip(&slices.scratch)
-                .zip(pushed_before.iter().zip(&pushed))
-            {
-                let rows = (after - before) as usize;
-                buffer.push_columns(&f.feed.node_id, slice, 0..rows.min(slice.len()));
-            }
-            if let Some(recorder) = &mut recorder {
-                record_cycle(
-                    recorder,
-                    &buffer,
-                    &mut spare,
-                    store.as_ref(),
-                    &runner.cancel,
-                )
-                .await?;
-            }
-            if cancelled {
-                break;
-            }
-        }
-    }
-    let replay_s = began.elapsed().as_secs_f64();
-    if let Some(recorder) = &mut recorder {
-        record_cycle(
-            recorder,
-            &buffer,
-            &mut spare,
-            store.as_ref(),
-            &runner.cancel,
-        )
-        .await?;
-    }
-    let outputs_after_replay = total_outputs(&exec);
-
-    // Follow live rows until the source ends or the run is cancelled.
+    let mut replay_s = 0.0;
+    let mut outputs_after_replay = None;
     let mut live = crate::report::LiveFigures::default();
-    if all_completed && !runner.cancel.is_cancelled() {
-        let watermarks: Vec<Timestamp> = feeds
-            .iter()
-            .zip(&job_reports)
-            .map(|(f, job)| {
-                let step = f.feed.interval.secs_i64();
-                match job.last_ts {
-                    Some(last) => f.feed.interval.bucket(last),
-                    None => f.feed.interval.bucket(f.start).saturating_sub(step),
-                }
-            })
-            .collect();
-        let live_feeds: Vec<LiveFeed> = feeds.iter().map(|f| f.feed.clone()).collect();
-        let mut source: Box<dyn LiveSource> = match &runner.live {
-            LiveSpec::Table => Box::new(TableFollower::new(
-                feeds
+    let mut spare: Vec<Recorded> = Vec::new();
+    let outcome = async {
+        let began = Instant::now();
+        if all_completed {
+            let inputs: Vec<(Feed, &Columns)> =
+                feeds.iter().map(|f| f.target).zip(history.iter()).collect();
+            let mut slices = ReplaySlices::new(&inputs);
+            while !runner.cancel.is_cancelled() && slices.advance(REPLAY_SLICE_ROWS) {
+                let pushed_before: Vec<u64> = stream_outputs(&exec, &feeds);
+                let (done, cancelled) = match replay_feeds(&mut exec, &slices.current()) {
+                    Ok(n) => (n, false),
+                    Err(ReplayError::Cancelled { events }) => (events, true),
+                    Err(e) => return Err(e.into()),
+                };
+                events += done;
+                // Streams emit nothing to the buffer: keep the rows the slice pushed.
+                let pushed = stream_outputs(&exec, &feeds);
+                for ((f, slice), (before, after)) in feeds
                     .iter()
-                    .zip(&watermarks)
-                    .map(|(f, w)| (f.feed.clone(), f.loader.clone(), *w))
-                    .collect(),
-                runner.poll_interval,
-            )),
-            LiveSpec::Jsonl(path) => {
-                Box::new(JsonlSource::open(path, &live_feeds, runner.poll_interval)?)
-            }
-        };
-        tracing::info!(
-            strategy = %runner.strategy_name, source = %source.describe(), feeds = feeds.len(),
-            poll_ms = runner.poll_interval.as_millis() as u64, "live.start"
-        );
-        let mut last = watermarks;
-        let mut batch = LiveBatch::new(&live_feeds);
-        // Rows of another strategy's queue arrive on its schedule: stream rows wait until
-        // every queue has caught up with their time, so a node reading both computes once,
-        // on the values of that time. Pending rows live in reused buffers.
-        let gates: Vec<bool> = feeds
-            .iter()
-            .map(|f| f.stream.is_none() && matches!(f.target, Feed::Node(_)))
-            .collect();
-        let mut pending: Vec<(Timestamp, usize, usize)> = Vec::new();
-        let mut pending_values: Vec<f64> = Vec::new();
-        loop {
-            batch.clear();
-            let more = tokio::select! {
-                biased;
-                () = runner.cancel.cancelled() => false,
-                more = source.next_batch(&mut batch) => more?,
-            };
-            batch.sort();
-            for (f, ts, values) in batch.iter() {
-                let bucket = feeds[f].feed.interval.bucket(ts);
-                if bucket <= last[f] {
-                    live.live_duplicates += 1;
-                    continue;
+                    .zip(&slices.scratch)
+                    .zip(pushed_before.iter().zip(&pushed))
+                {
+                    let rows = (after - before) as usize;
+                    buffer.push_columns(&f.feed.node_id, slice, 0..rows.min(slice.len()));
                 }
-                last[f] = bucket;
-                pending.push((ts, f, pending_values.len()));
-                pending_values.extend_from_slice(values);
-            }
-
-            // Process, in time order, the rows every queue has caught up with (all of
-            // them once the source has ended).
-            let ready_until = if more {
-                feeds
-                    .iter()
-                    .zip(&gates)
-                    .zip(&last)
-                    .filter(|((_, gate), _)| **gate)
-                    .map(|((f, _), b)| b.saturating_add(f.feed.interval.secs_i64() - 1))
-                    .min()
-                    .unwrap_or(Timestamp::MAX)
-            } else {
-                Timestamp::MAX
-            };
-            pending.sort_by_key(|&(ts, f, at)| (ts, f, at));
-            let ready = pending.partition_point(|&(ts, _, _)| ts <= ready_until);
-            let mut staged: Option<Timestamp> = None;
-            for &(ts, f, at) in &pending[..ready] {
-                let plan = &feeds[f];
-                let values = &pending_values[at..at + plan.feed.fields.len()];
-                if let Some(previous) = staged.filter(|p| *p != ts) {
-                    exec.compute(previous)?;
+                if let Some(recorder) = &mut recorder {
+                    record_cycle(
+                        recorder,
+                        &buffer,
+                        &mut spare,
+                        store.as_ref(),
+                        &runner.cancel,
+                    )
+                    .await?;
                 }
-                if let Some(index) = plan.stream {
-                    exec.cache_mut(index).append(0, ts, values);
-                    buffer.push_row(&plan.feed.node_id, ts, values);
+                if cancelled {
+                    break;
                 }
-                exec.stage(plan.target, ts, values);
-                staged = Some(ts);
-                live.live_events += 1;
-            }
-            if let Some(ts) = staged {
-                exec.compute(ts)?;
-            }
-            pending.drain(..ready);
-            if pending.is_empty() {
-                pending_values.clear();
-            }
-
-            if let Some(recorder) = &mut recorder {
-                record_cycle(
-                    recorder,
-                    &buffer,
-                    &mut spare,
-                    store.as_ref(),
-                    &runner.cancel,
-                )
-                .await?;
-            }
-            if !more {
-                break;
             }
         }
-        tracing::info!(
-            strategy = %runner.strategy_name, live_events = live.live_events,
-            live_duplicates = live.live_duplicates, cancelled = runner.cancel.is_cancelled(),
-            "live.stopped"
-        );
-    }
-    live.live_outputs = total_outputs(&exec).saturating_sub(outputs_after_replay);
-
-    // Write what is left, waiting only briefly for a failing database after a signal
-    // (also when the signal comes during a longer last write).
-    if let Some(recorder) = &mut recorder {
-        buffer.swap_out(&mut spare);
-        let fail = |source| record_error(store.as_ref(), source);
-        recorder.buffer_recorded(spare.iter()).map_err(fail)?;
-        let mut written = None;
-        if !runner.cancel.is_cancelled() {
-            written = tokio::select! {
-                biased;
-                result = recorder.finish(FINAL_WRITE) => Some(result),
-                () = runner.cancel.cancelled() => None,
-            };
+        replay_s = began.elapsed().as_secs_f64();
+        if let Some(recorder) = &mut recorder {
+            record_cycle(
+                recorder,
+                &buffer,
+                &mut spare,
+                store.as_ref(),
+                &runner.cancel,
+            )
+            .await?;
         }
-        let written = match written {
-            Some(result) => result,
-            None => recorder.finish(FINAL_WRITE_SIGNALLED).await,
-        };
-        written.map_err(fail)?;
-        tracing::info!(rows = recorder.written(), "recorder.finished");
+        outputs_after_replay = Some(total_outputs(&exec));
+
+        // Follow live rows until the source ends or the run is cancelled.
+        if all_completed && !runner.cancel.is_cancelled() {
+            let watermarks: Vec<Timestamp> = feeds
+                .iter()
+                .zip(&job_reports)
+                .map(|(f, job)| {
+                    let step = f.feed.interval.secs_i64();
+                    match job.last_ts {
+                        Some(last) => f.feed.interval.bucket(last),
+                        None => f.feed.interval.bucket(f.start).saturating_sub(step),
+                    }
+                })
+                .collect();
+            let live_feeds: Vec<LiveFeed> = feeds.iter().map(|f| f.feed.clone()).collect();
+            let mut source: Box<dyn LiveSource> = match &runner.live {
+                LiveSpec::Table => Box::new(TableFollower::new(
+                    feeds
+                        .iter()
+                        .zip(&watermarks)
+                        .map(|(f, w)| (f.feed.clone(), f.loader.clone(), *w))
+                        .collect(),
+                    runner.poll_interval,
+                )),
+                LiveSpec::Jsonl(path) => {
+                    Box::new(JsonlSource::open(path, &live_feeds, runner.poll_interval)?)
+                }
+            };
+            tracing::info!(
+                strategy = %runner.strategy_name, source = %source.describe(), feeds = feeds.len(),
+                poll_ms = runner.poll_interval.as_millis() as u64, "live.start"
+            );
+            let mut last = watermarks;
+            let mut batch = LiveBatch::new(&live_feeds);
+            // Rows of another strategy's queue arrive on its schedule: stream rows wait until
+            // every queue has caught up with their time, so a node reading both computes once,
+            // on the values of that time. Pending rows live in reused buffers.
+            let gates: Vec<bool> = feeds
+                .iter()
+                .map(|f| f.stream.is_none() && matches!(f.target, Feed::Node(_)))
+                .collect();
+            let mut pending: Vec<(Timestamp, usize, usize)> = Vec::new();
+            let mut pending_values: Vec<f64> = Vec::new();
+            loop {
+                batch.clear();
+                let more = tokio::select! {
+                    biased;
+                    () = runner.cancel.cancelled() => false,
+                    more = source.next_batch(&mut batch) => more?,
+                };
+                batch.sort();
+                for (f, ts, values) in batch.iter() {
+                    let bucket = feeds[f].feed.interval.bucket(ts);
+                    if bucket <= last[f] {
+                        live.live_duplicates += 1;
+                        continue;
+                    }
+                    last[f] = bucket;
+                    pending.push((ts, f, pending_values.len()));
+                    pending_values.extend_from_slice(values);
+                }
+
+                // Process, in time order, the rows every queue has caught up with (all of
+                // them once the source has ended).
+                let ready_until = if more {
+                    feeds
+                        .iter()
+                        .zip(&gates)
+                        .zip(&last)
+                        .filter(|((_, gate), _)| **gate)
+                        .map(|((f, _), b)| b.saturating_add(f.feed.interval.secs_i64() - 1))
+                        .min()
+                        .unwrap_or(Timestamp::MAX)
+                } else {
+                    Timestamp::MAX
+                };
+                pending.sort_by_key(|&(ts, f, at)| (ts, f, at));
+                let ready = pending.partition_point(|&(ts, _, _)| ts <= ready_until);
+                let mut staged: Option<Timestamp> = None;
+                for &(ts, f, at) in &pending[..ready] {
+                    let plan = &feeds[f];
+                    let values = &pending_values[at..at + plan.feed.fields.len()];
+                    if let Some(previous) = staged.filter(|p| *p != ts) {
+                        exec.compute(previous)?;
+                    }
+                    if let Some(index) = plan.stream {
+                        exec.cache_mut(index).append(0, ts, values);
+                        buffer.push_row(&plan.feed.node_id, ts, values);
+                    }
+                    exec.stage(plan.target, ts, values);
+                    staged = Some(ts);
+                    live.live_events += 1;
+                }
+                if let Some(ts) = staged {
+                    exec.compute(ts)?;
+                }
+                pending.drain(..ready);
+                if pending.is_empty() {
+                    pending_values.clear();
+                }
+
+                if let Some(recorder) = &mut recorder {
+                    record_cycle(
+                        recorder,
+                        &buffer,
+                        &mut spare,
+                        store.as_ref(),
+                        &runner.cancel,
+                    )
+                    .await?;
+                }
+                if !more {
+                    break;
+                }
+            }
+            tracing::info!(
+                strategy = %runner.strategy_name, live_events = live.live_events,
+                live_duplicates = live.live_duplicates, cancelled = runner.cancel.is_cancelled(),
+                "live.stopped"
+            );
+        }
+
+        // Write what is left, waiting only briefly for a failing database after a signal
+        // (also when the signal comes during a longer last write).
+        if let Some(recorder) = &mut recorder {
+            buffer.swap_out(&mut spare);
+            let fail = |source| record_error(store.as_ref(), source);
+            recorder.buffer_recorded(spare.iter()).map_err(fail)?;
+            let mut written = None;
+            if !runner.cancel.is_cancelled() {
+                written = tokio::select! {
+                    biased;
+                    result = recorder.finish(FINAL_WRITE) => Some(result),
+                    () = runner.cancel.cancelled() => None,
+                };
+            }
+            let written = match written {
+                Some(result) => result,
+                None => recorder.finish(FINAL_WRITE_SIGNALLED).await,
+            };
+            written.map_err(fail)?;
+            tracing::info!(rows = recorder.written(), "recorder.finished");
+        }
+        Ok::<(), RunError>(())
     }
+    .await;
+    live.live_outputs =
+        outputs_after_replay.map_or(0, |after| total_outputs(&exec).saturating_sub(after));
+
     if runner.track_reads {
         export_cache_reads(&exec, &metrics);
     }
@@ -621,9 +684,15 @@ async fn run_registered(
     tracing::info!(
         strategy = %runner.strategy_name, mode = %runner.mode, events,
         live_events = report.live.live_events, backfill_s, replay_s,
-        succeeded = report.succeeded(), "run.complete"
+        succeeded = report.succeeded() && outcome.is_ok(), "run.complete"
     );
-    Ok(report)
+    match outcome {
+        Ok(()) => Ok(report),
+        Err(error) => Err(Failed {
+            report: Some(Box::new(report)),
+            error,
+        }),
+    }
 }
 
 /// The rows of one interval each that fit in `span` seconds: what a warm-up of that span
@@ -631,6 +700,15 @@ async fn run_registered(
 fn rows_in(span: i64, interval: crate::Interval) -> u64 {
     let step = interval.secs_i64().max(1);
     (span.max(0).saturating_add(step - 1) / step) as u64
+}
+
+/// The start of a warm-up of `span` seconds ending at `end` for a feed at `interval`:
+/// the span's whole buckets before the bucket `end` falls in, which is still filling,
+/// plus that bucket. Counting back from `end` itself would cut the oldest bucket short
+/// and, when the newest row is the last completed bucket's, give the warm-up one row
+/// fewer than a node's period needs.
+fn warmup_start(end: Timestamp, span: i64, interval: crate::Interval) -> Timestamp {
+    interval.bucket(end).saturating_sub(span.max(0))
 }
 
 fn live_feed(node: &NodeSpec) -> LiveFeed {
@@ -744,7 +822,8 @@ fn recorded_nodes(runner: &Runner, dag: &Dag, exec: &Executor) -> Result<Vec<Nod
 }
 
 /// Writes what the recorded nodes produced since the previous cycle, riding out a
-/// database outage ([`Recorder::record`]).
+/// database outage ([`Recorder::record`]), and holds the producer back while too many
+/// rows wait for the database ([`Recorder::make_room`]).
 async fn record_cycle(
     recorder: &mut Recorder,
     buffer: &OutputBuffer,
@@ -753,14 +832,26 @@ async fn record_cycle(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), RunError> {
     buffer.swap_out(spare);
-    // The rows are buffered before the first await; a signal cuts the write short, and
-    // what it had not finished is written by the run's last write.
+    // The rows are buffered before the first await; a signal cuts the write (or the wait)
+    // short, and what it had not finished is written by the run's last write.
+    let write = async {
+        recorder.record(spare.iter()).await?;
+        recorder.make_room().await
+    };
     tokio::select! {
         biased;
-        result = recorder.record(spare.iter()) => {
-            result.map_err(|source| record_error(store, source))
-        }
+        result = write => result.map_err(|source| record_error(store, source)),
         () = cancel.cancelled() => Ok(()),
+    }
+}
+
+/// The recorder limits of a run: the runner's, with an attempt to write given at most
+/// the run's request timeout.
+fn run_record_limits(runner: &Runner) -> RecordLimits {
+    let limits = runner.record_limits;
+    match runner.config.request_timeout {
+        Some(timeout) => limits.write_timeout(limits.write_timeout.min(timeout)),
+        None => limits,
     }
 }
 
@@ -899,6 +990,65 @@ mod tests {
             ts: ts.to_vec(),
             values: vec![ts.iter().map(|&t| t as f64).collect()],
         }
+    }
+
+    const HOUR: i64 = 3600;
+
+    #[test]
+    fn an_automatic_warmup_starts_period_whole_buckets_before_the_current_one() {
+        let hour = crate::Interval::from_secs(3600).unwrap();
+        let base = 1_700_000_000 - 1_700_000_000 % HOUR;
+        // (end, span, start): mid-bucket, on a bucket's first second, one second in.
+        let cases = [
+            (base + 1800, 3 * HOUR, base - 3 * HOUR),
+            (base, 3 * HOUR, base - 3 * HOUR),
+            (base + 1, 3 * HOUR, base - 3 * HOUR),
+            (base + HOUR - 1, 1, base - 1),
+            (base + 1800, 0, base),
+        ];
+        for (end, span, start) in cases {
+            assert_eq!(
+                warmup_start(end, span, hour),
+                start,
+                "end {end}, span {span}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_warmup_holds_period_bars_when_the_newest_bar_is_the_last_completed_one() {
+        let dag = Dag::build(&crate::strategies::MomentumStrategy::default()).unwrap();
+        let bars = dag.streams().find(|s| s.name == "bars").unwrap();
+        let span = warmup_spans(&dag)[&bars.id];
+        let needed = rows_in(span, bars.interval);
+        let slowest = dag.nodes().iter().map(|n| n.period).max().unwrap() as u64;
+        assert!(needed >= slowest, "{needed} bars for a period of {slowest}");
+        let base = 1_700_000_000 - 1_700_000_000 % HOUR;
+        for offset in [0, 1, 1800, HOUR - 1] {
+            // Bars up to the last completed hour; the current one has none yet.
+            let end = base + offset;
+            let start = warmup_start(end, span, bars.interval);
+            let newest = bars.interval.bucket(end) - HOUR;
+            let held = (start..=newest).step_by(HOUR as usize).count() as u64;
+            assert_eq!(held, needed, "end {end}");
+        }
+    }
+
+    #[test]
+    fn a_write_attempt_gets_at_most_the_runs_request_timeout() {
+        let strategy = crate::strategies::MomentumStrategy::default;
+        let run = |timeout: Option<Duration>| {
+            let config = crate::BackfillConfig::default().request_timeout(timeout);
+            run_record_limits(&Runner::dryrun(strategy()).backfill_config(config))
+        };
+        let default = crate::recorder::WRITE_TIMEOUT;
+        let short = Duration::from_secs(2);
+        assert_eq!(run(Some(short)).write_timeout, short);
+        assert_eq!(run(Some(Duration::from_secs(60))).write_timeout, default);
+        assert_eq!(run(None).write_timeout, default);
+        let limits = RecordLimits::default().write_timeout(Duration::from_secs(1));
+        let runner = Runner::dryrun(strategy()).record_limits(limits);
+        assert_eq!(run_record_limits(&runner), limits);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! `YYYY-MM-DD HH:MM:SS[.fff]`, ISO-8601 with `T`, and any of these with `Z` or an
 //! explicit UTC offset. A time without an offset is UTC. Integers too large to be
 //! seconds are rejected with a message naming the unit they look like.
+//! [`parse_timestamp`] truncates fractions of a second; [`parse_whole_timestamp`], for
+//! sources that must not lose them silently, refuses epoch seconds with a fraction.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
@@ -36,6 +38,15 @@ pub enum TimeError {
         unit: &'static str,
         /// What to divide by.
         div: i64,
+    },
+    /// Epoch seconds with a fraction, where only whole seconds are accepted.
+    #[error(
+        "timestamp '{input}' is not whole epoch seconds; ts must be whole epoch seconds or \
+         ISO-8601 (2024-01-31T09:00:00Z)"
+    )]
+    Fractional {
+        /// The text as given.
+        input: String,
     },
 }
 
@@ -114,6 +125,26 @@ pub fn parse_timestamp(input: &str) -> Result<Timestamp, TimeError> {
     Err(malformed())
 }
 
+/// Parses one timestamp as [`parse_timestamp`] does, but refuses epoch seconds with a
+/// non-zero fraction (`1600000000.5`) instead of truncating them. A zero fraction
+/// (`1600000000.0`) is whole seconds and accepted; ISO-8601 text keeps its truncation.
+///
+/// # Errors
+/// [`TimeError::Fractional`] for a fraction of a second, else as [`parse_timestamp`].
+pub fn parse_whole_timestamp(input: &str) -> Result<Timestamp, TimeError> {
+    let text = input.trim();
+    if let Some((whole, fraction)) = text.split_once('.') {
+        let digits = whole.strip_prefix('-').unwrap_or(whole);
+        let numeric = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if numeric(digits) && numeric(fraction) && fraction.bytes().any(|b| b != b'0') {
+            return Err(TimeError::Fractional {
+                input: input.to_owned(),
+            });
+        }
+    }
+    parse_timestamp(input)
+}
+
 /// Formats epoch seconds as `YYYY-MM-DDTHH:MM:SSZ` for humans.
 pub fn format_timestamp(ts: Timestamp) -> String {
     match DateTime::from_timestamp(ts, 0) {
@@ -169,6 +200,29 @@ mod tests {
         for (text, unit) in cases {
             let err = parse_timestamp(text).unwrap_err();
             assert!(err.to_string().contains(unit), "{err}");
+        }
+    }
+
+    #[test]
+    fn whole_seconds_refuse_a_fraction_but_take_a_zero_one() {
+        let cases = [
+            ("1492592400", Ok(1_492_592_400)),
+            ("1492592400.0", Ok(1_492_592_400)),
+            ("1492592400.000", Ok(1_492_592_400)),
+            ("-60.00", Ok(-60)),
+            ("2017-04-19T09:00:00.750Z", Ok(1_492_592_400)),
+            ("1492592400000.0", Err("milliseconds")),
+            ("1492592400.5", Err("is not whole epoch seconds")),
+            ("-1.001", Err("is not whole epoch seconds")),
+            (" 7.25 ", Err("ts must be whole epoch seconds or ISO-8601")),
+            ("1.5.5", Err("is not understood")),
+        ];
+        for (text, want) in cases {
+            match (parse_whole_timestamp(text), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(err), Err(want)) => assert!(err.to_string().contains(want), "{text}: {err}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
         }
     }
 

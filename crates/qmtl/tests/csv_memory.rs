@@ -1,10 +1,13 @@
 //! The CSV source streams: a tracking global allocator shows that opening a large file
 //! and fetching a small range or the newest rows keeps a live heap far below the file's
-//! size. This binary holds one test so that no other test allocates while it measures.
+//! size, and that a file with a line far longer than a row may be (NUL bytes, no line
+//! break) is refused after reading about one row's limit of it. The tests take turns
+//! (see [`one_at_a_time`]) so that no other test allocates while one measures.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -43,6 +46,12 @@ fn peak_growth_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
 }
 
+/// Held for the whole of a test that measures the heap.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const ROWS: i64 = 300_000;
 const FIRST_TS: i64 = 1_600_000_000;
 
@@ -68,6 +77,7 @@ fn write_bars(path: &std::path::Path) -> u64 {
 
 #[test]
 fn opening_a_large_csv_and_fetching_a_small_range_keeps_memory_far_below_its_size() {
+    let _turn = one_at_a_time();
     let dir = std::env::temp_dir().join(format!("qmtl-csv-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bars.csv");
@@ -112,5 +122,41 @@ fn opening_a_large_csv_and_fetching_a_small_range_keeps_memory_far_below_its_siz
         peak < bound,
         "peak live heap {peak} bytes for a {file_bytes}-byte file (bound {bound})"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression: a 1.5 GB line after a valid row took 2.1 GB of memory before its error,
+/// and 3 GB of NUL bytes (`truncate -s 3G`) aborted the process on a 4 GiB allocation.
+/// Both files are sparse, so they cost no disk.
+#[test]
+fn a_line_far_longer_than_a_row_is_refused_with_memory_far_below_its_size() {
+    let _turn = one_at_a_time();
+    let dir = std::env::temp_dir().join(format!("qmtl-csv-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bound = 8 << 20;
+    for (name, head, size, line) in [
+        ("long-line.csv", "ts,v\n1600000000,1\n", 3 << 29, "line 3"),
+        ("zeros.csv", "", 3 << 30, "line 1"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, head).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+
+        let (err, peak) = peak_growth_during(|| CsvLoader::open(&path).unwrap_err());
+
+        let want = format!("{line} is longer than 1 MiB; is this a CSV file?");
+        assert!(err.to_string().contains(&want), "{name}: {err}");
+        assert!(err.is_input_error(), "{name}: {err}");
+        eprintln!("peak live heap {peak} bytes refusing a {size}-byte {name}");
+        assert!(
+            peak < bound,
+            "{name}: peak live heap {peak} bytes (bound {bound})"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,7 +4,8 @@
 //! and columns are created; a hand-made table without a key gets one. Through a database
 //! restart the recorder keeps what it could not write and writes it once, afterwards;
 //! at the end of a run it gives up on a database that stays down by its deadline and
-//! says how many rows were not recorded.
+//! says how many rows were not recorded. A producer held back while too many rows wait
+//! resumes once the database takes them, or fails when the outage outlasts its bound.
 
 #[path = "support/pg.rs"]
 mod pg;
@@ -16,7 +17,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::RecordBatch;
 use qmtl::batch::Columns;
-use qmtl::recorder::{Dialect, RecordError, Recorded, Recorder};
+use qmtl::recorder::{Dialect, RecordError, RecordLimits, Recorded, Recorder};
 use qmtl::sources::{Flavor, LoaderOptions, PgSource};
 use qmtl::strategies::MomentumStrategy;
 use qmtl::{
@@ -386,4 +387,74 @@ async fn more_rows_waiting_than_the_bound_fail_the_recording_instead_of_growing(
         "{err}"
     );
     assert!(!err.is_usage(), "a runtime failure: exit 1");
+}
+
+#[tokio::test]
+async fn a_producer_held_back_during_an_outage_resumes_once_the_rows_are_written() {
+    let server = pg::private();
+    let spec = format!("postgres:{}", server.dsn());
+    let mut recorder = Recorder::open(&spec, "held").await.unwrap();
+    recorder.set_limits(
+        RecordLimits::default()
+            .pause_rows(100)
+            .max_waiting_rows(1000),
+    );
+    let node = NodeId::from_hex("feed");
+
+    // Under the pause threshold nothing waits; over it, the producer waits for the
+    // database, which comes back a second later. (A checkpoint first keeps the table's
+    // creation through the immediate stop of a server running with
+    // synchronous_commit=off.)
+    server.psql("CHECKPOINT");
+    server.stop();
+    recorder.record([&outputs(&node, 0, 50)]).await.unwrap();
+    recorder.make_room().await.unwrap();
+    assert_eq!(recorder.waiting(), 50);
+    recorder
+        .record([&outputs(&node, 50 * 3600, 450)])
+        .await
+        .unwrap();
+    assert_eq!(recorder.waiting(), 500);
+    let restart = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        server.start();
+        server
+    });
+    let (room, server) = tokio::join!(recorder.make_room(), restart);
+    let server = server.unwrap();
+    room.unwrap();
+    assert_eq!(recorder.waiting(), 0);
+    assert_eq!(recorder.written(), 500);
+    assert_eq!(server.psql("SELECT count(DISTINCT ts) FROM held"), "500");
+    assert_eq!(server.psql("SELECT count(*) FROM held"), "500");
+}
+
+#[tokio::test]
+async fn a_producer_held_back_fails_once_the_outage_outlasts_its_bound() {
+    let server = pg::private();
+    let spec = format!("postgres:{}", server.dsn());
+    let mut recorder = Recorder::open(&spec, "held_too_long").await.unwrap();
+    recorder.set_limits(
+        RecordLimits::default()
+            .pause_rows(100)
+            .outage(std::time::Duration::from_secs(1)),
+    );
+    server.stop();
+    let node = NodeId::from_hex("feed");
+    recorder.record([&outputs(&node, 0, 500)]).await.unwrap();
+
+    let err = recorder.make_room().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecordError::Outage {
+                rows: 500,
+                limit_s: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_usage(), "a runtime failure: exit 1");
+    assert!(!err.to_string().contains(&server.password), "{err}");
 }

@@ -10,8 +10,8 @@ use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::RecordBatch;
 use proptest::prelude::*;
 use qmtl::sources::{CsvLoader, Flavor, SourceMap, SourceSpec};
-use qmtl::time::{format_timestamp, parse_timestamp, TimeError};
-use qmtl::{Interval, IntervalError, LoaderError};
+use qmtl::time::{format_timestamp, parse_timestamp, parse_whole_timestamp, TimeError};
+use qmtl::{CacheLoader, Interval, IntervalError, LoaderError};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -248,6 +248,32 @@ proptest! {
     }
 
     #[test]
+    fn whole_seconds_take_a_zero_fraction_and_refuse_any_other(
+        ts in -99_999_999_999i64..100_000_000_000,
+        zeros in 1usize..20,
+        fraction in "[0-9]{0,8}[1-9][0-9]{0,8}",
+    ) {
+        let whole = format!("{ts}.{}", "0".repeat(zeros));
+        prop_assert_eq!(parse_whole_timestamp(&whole), Ok(ts));
+        let text = format!("{ts}.{fraction}");
+        let err = parse_whole_timestamp(&text).unwrap_err();
+        prop_assert!(matches!(err, TimeError::Fractional { .. }), "{}: {}", text, err);
+        prop_assert!(err.to_string().contains("is not whole epoch seconds"), "{}", err);
+    }
+
+    #[test]
+    fn whole_seconds_parse_as_any_timestamp_but_for_a_fraction(
+        text in "[-0-9.:TZ ]{0,24}|\\PC{0,24}",
+    ) {
+        match (parse_whole_timestamp(&text), parse_timestamp(&text)) {
+            (Err(TimeError::Fractional { .. }), lenient) => {
+                prop_assert!(lenient.is_ok(), "{}", text)
+            }
+            (strict, lenient) => prop_assert_eq!(strict, lenient),
+        }
+    }
+
+    #[test]
     fn integers_too_large_for_seconds_name_their_unit(magnitude in 100_000_000_000i64..) {
         for value in [magnitude, -magnitude] {
             let err = parse_timestamp(&value.to_string()).unwrap_err();
@@ -404,6 +430,26 @@ proptest! {
         prop_assert_eq!(loader.range(start, end).unwrap(), all.slice(lo, hi - lo));
         let n = (hi - lo).min(count as usize);
         prop_assert_eq!(loader.newest(start, end, count).unwrap(), all.slice(hi - n, n));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_quotes_a_cell_on_one_short_line_whatever_it_holds(
+        cell in "(\\PC|[\t\n\r\x00\x1b\x7f\u{85}\"])(\\PC|[\t\n\r\x00\x1b\x7f\u{85}\"]){0,299}",
+        in_ts in any::<bool>(),
+    ) {
+        let quoted = format!("\"{}\"", cell.replace('"', "\"\""));
+        let row = if in_ts { format!("{quoted},2") } else { format!("11,{quoted}") };
+        let path = temp_file(&unique("cell"), format!("ts,v\n10,1\n{row}\n").as_bytes());
+        let refusal = match CsvLoader::open(&path) {
+            Err(err) => Some(err.to_string()),
+            Ok(loader) => loader.check_fields(&["v".to_owned()]).err().map(|e| e.to_string()),
+        };
+        if let Some(text) = refusal {
+            prop_assert!(!text.chars().any(char::is_control), "{:?}", text);
+            // The path, the wording and 80 characters, each escaped to at most 10.
+            prop_assert!(text.chars().count() < 1200, "{} chars: {:?}", text.len(), text);
+        }
         std::fs::remove_file(path).unwrap();
     }
 

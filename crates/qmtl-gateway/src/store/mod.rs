@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use qmtl::TagMatch;
 use serde_json::{Map, Value};
 
+use crate::echo::echo;
 use crate::queue::{queue_name, tags_match};
 
 pub mod postgres;
@@ -218,16 +219,20 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// An idempotency key came back with a different DAG than it was first sent with.
+    /// An idempotency key came back with a registration other than the one it was
+    /// first sent with: another DAG, run type or `meta`.
     #[error(
-        "idempotency key '{key}' was first used for strategy {strategy_id} with a \
-         different DAG; use a new key for each run"
+        "idempotency key '{}' was first used for strategy {strategy_id} with a \
+         different {differs}; use a new key for each run",
+        echo(key)
     )]
     KeyReused {
         /// The key.
         key: String,
         /// The strategy first registered with it.
         strategy_id: String,
+        /// What differs: `DAG`, `run_type` or `meta`.
+        differs: &'static str,
     },
     /// An idempotency key came back after its strategy ended (deleted or lease lapsed).
     #[error(
@@ -577,9 +582,36 @@ impl Store {
     }
 }
 
-/// What a registration finds stored under its idempotency key:
-/// `(strategy_id, dag_hash, status, queue_map)`.
-pub(crate) type KeyedRow = (String, String, String, String);
+/// What a registration finds stored under its idempotency key (the columns of each
+/// backend's `BY_KEY` query, in this order).
+pub(crate) struct KeyedRow {
+    pub strategy_id: String,
+    pub dag_hash: String,
+    pub status: String,
+    pub queue_map: String,
+    pub run_type: String,
+    pub meta: Option<String>,
+}
+
+/// What differs between the registration stored under a key and `new`, sent with the
+/// same key: `None` when it is the same registration (the same DAG, run type and
+/// `meta`, whatever the order of `meta`'s keys).
+fn difference(row: &KeyedRow, new: &NewStrategy) -> Option<&'static str> {
+    if row.dag_hash != new.dag_hash {
+        return Some("DAG");
+    }
+    if row.run_type != new.run_type {
+        return Some("run_type");
+    }
+    let parse = |text: Option<&str>| text.map(serde_json::from_str::<Value>);
+    let same_meta = match (parse(row.meta.as_deref()), parse(new.meta_text.as_deref())) {
+        (None, None) => true,
+        (Some(Ok(stored)), Some(Ok(sent))) => stored == sent,
+        // A stored text that no longer parses is compared as text.
+        _ => row.meta == new.meta_text,
+    };
+    (!same_meta).then_some("meta")
+}
 
 /// The answer to a registration whose key is already stored (see [`Store::register`]).
 pub(crate) fn repeat_of(
@@ -587,13 +619,19 @@ pub(crate) fn repeat_of(
     row: KeyedRow,
     expired: u64,
 ) -> Result<Registered, StoreError> {
-    let (strategy_id, dag_hash, status, queue_map) = row;
-    if dag_hash != new.dag_hash {
+    if let Some(differs) = difference(&row, new) {
         return Err(StoreError::KeyReused {
             key: new.idempotency_key.clone().unwrap_or_default(),
-            strategy_id,
+            strategy_id: row.strategy_id,
+            differs,
         });
     }
+    let KeyedRow {
+        strategy_id,
+        status,
+        queue_map,
+        ..
+    } = row;
     if Status::parse(&status) != Status::Active {
         return Err(StoreError::KeyEnded { strategy_id });
     }
@@ -667,6 +705,57 @@ mod tests {
             assert!(err.is_usage(), "{text}");
             assert!(!err.to_string().contains("s3cret"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_resent_key_is_a_repeat_only_with_the_same_dag_run_type_and_meta() {
+        let stored = KeyedRow {
+            strategy_id: "s".into(),
+            dag_hash: "h".into(),
+            status: "active".into(),
+            queue_map: "{}".into(),
+            run_type: "dry-run".into(),
+            meta: Some(r#"{"a":1,"b":[2]}"#.into()),
+        };
+        let sent = |hash: &str, run_type: &'static str, meta: Option<&str>| NewStrategy {
+            strategy_id: "new".into(),
+            dag_hash: hash.into(),
+            dag_text: "{}".into(),
+            meta_text: meta.map(str::to_owned),
+            run_type,
+            created_at: 0,
+            now_ms: 0,
+            idempotency_key: Some("k".into()),
+            lease_expires_ms: None,
+            nodes: Vec::new(),
+            tag_queries: Vec::new(),
+        };
+        let cases = [
+            (sent("h", "dry-run", Some(r#"{"a":1,"b":[2]}"#)), None),
+            (sent("h", "dry-run", Some(r#"{ "b": [2], "a": 1 }"#)), None),
+            (
+                sent("other", "dry-run", Some(r#"{"a":1,"b":[2]}"#)),
+                Some("DAG"),
+            ),
+            (
+                sent("h", "live", Some(r#"{"a":1,"b":[2]}"#)),
+                Some("run_type"),
+            ),
+            (
+                sent("h", "dry-run", Some(r#"{"a":1,"b":[3]}"#)),
+                Some("meta"),
+            ),
+            (sent("h", "dry-run", Some("{}")), Some("meta")),
+            (sent("h", "dry-run", None), Some("meta")),
+        ];
+        for (new, want) in cases {
+            assert_eq!(difference(&stored, &new), want, "{new:?}");
+        }
+        let no_meta = KeyedRow {
+            meta: None,
+            ..stored
+        };
+        assert_eq!(difference(&no_meta, &sent("h", "dry-run", None)), None);
     }
 
     #[test]

@@ -70,7 +70,7 @@ UPDATE gateway_strategies SET status = 'ended', ended_at = $2
 WHERE status = 'active' AND lease_expires_ms IS NOT NULL AND lease_expires_ms <= $1";
 
 const BY_KEY: &str = "
-SELECT strategy_id, dag_hash, status, queue_map
+SELECT strategy_id, dag_hash, status, queue_map, run_type, meta
 FROM gateway_strategies WHERE idempotency_key = $1";
 
 const INSERT_NODES: &str = "
@@ -384,7 +384,14 @@ fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 fn keyed(row: &tokio_postgres::Row) -> KeyedRow {
-    (row.get(0), row.get(1), row.get(2), row.get(3))
+    KeyedRow {
+        strategy_id: row.get(0),
+        dag_hash: row.get(1),
+        status: row.get(2),
+        queue_map: row.get(3),
+        run_type: row.get(4),
+        meta: row.get(5),
+    }
 }
 
 async fn register(

@@ -76,7 +76,7 @@ UPDATE gateway_strategies SET status = 'ended', ended_at = ?2
 WHERE status = 'active' AND lease_expires_ms IS NOT NULL AND lease_expires_ms <= ?1";
 
 const BY_KEY: &str = "
-SELECT strategy_id, dag_hash, status, queue_map
+SELECT strategy_id, dag_hash, status, queue_map, run_type, meta
 FROM gateway_strategies WHERE idempotency_key = ?1";
 
 const ACTIVE_BY_HASH: &str =
@@ -372,7 +372,14 @@ fn register(conn: &mut Connection, new: &NewStrategy) -> Result<Registered, Stor
     if let Some(key) = &new.idempotency_key {
         let row: Option<KeyedRow> = tx
             .query_row(BY_KEY, params![key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok(KeyedRow {
+                    strategy_id: r.get(0)?,
+                    dag_hash: r.get(1)?,
+                    status: r.get(2)?,
+                    queue_map: r.get(3)?,
+                    run_type: r.get(4)?,
+                    meta: r.get(5)?,
+                })
             })
             .optional()
             .map_err(sql(op))?;

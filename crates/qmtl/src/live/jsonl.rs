@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{LiveBatch, LiveError, LiveFeed, LiveSource};
-use crate::time::{check_seconds, parse_timestamp, Timestamp};
+use crate::time::{check_seconds, parse_whole_timestamp, Timestamp};
 
 /// Rows parsed ahead of the runner.
 const CHANNEL_ROWS: usize = 4096;
@@ -134,7 +134,9 @@ fn parse_line(text: &str, feeds: &[LiveFeed]) -> Result<(usize, Timestamp, Vec<f
             Some(secs) => check_seconds(secs).map_err(|e| format!("ts: {e}"))?,
             None => return Err(format!("ts {n} is not whole epoch seconds")),
         },
-        Some(serde_json::Value::String(t)) => parse_timestamp(t).map_err(|e| format!("ts: {e}"))?,
+        Some(serde_json::Value::String(t)) => {
+            parse_whole_timestamp(t).map_err(|e| format!("ts: {e}"))?
+        }
         _ => return Err("no \"ts\" (epoch seconds or ISO-8601 text)".to_owned()),
     };
     let spec = &feeds[feed];
@@ -227,6 +229,11 @@ mod tests {
             (
                 r#"{"stream":"bars","ts":1.5,"close":1,"volume":1}"#,
                 "not whole",
+            ),
+            // Regression: a fraction written as text was cut to whole seconds.
+            (
+                r#"{"stream":"bars","ts":"1700000000.5","close":1,"volume":1}"#,
+                "not whole epoch seconds",
             ),
             (r#"{"stream":"bars","ts":1,"close":1}"#, "field 'volume'"),
         ];

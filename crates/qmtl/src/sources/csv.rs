@@ -3,32 +3,43 @@
 //!
 //! The timestamp column is the one named `ts`, else `datetime`, `date`, `time` or
 //! `timestamp` (any case), else a first column whose header is empty (pandas' index
-//! column). Its cells may be epoch seconds or ISO-8601 (naive times are UTC). Rows must
-//! be in strictly ascending time order: a repeated or backward time is an error naming
-//! the line. Other columns are payload: numbers, with an empty cell meaning "missing"
-//! (NaN in the cache). `NaN`, `inf` and numbers too large for a double are errors naming
-//! the line. A column holding any other text cannot be a payload field; asking for it
-//! is an error naming the first such cell. A byte-order mark and CRLF line endings are
-//! accepted.
+//! column). Its cells may be whole epoch seconds (`1600000000.0` is whole; a fraction of
+//! a second is an error) or ISO-8601 (naive times are UTC). Rows must be in strictly
+//! ascending time order: a repeated or backward time is an error naming the line. Other
+//! columns are payload: numbers, with an empty cell meaning "missing" (NaN in the cache).
+//! `NaN`, `inf` and numbers too large for a double are errors naming the line. A column
+//! holding any other text cannot be a payload field; asking for it is an error naming
+//! the first such cell. A byte-order mark and CRLF line endings are accepted. Error
+//! messages quote at most 80 characters of a cell, with control characters escaped.
+//!
+//! The path must name a regular file (a device, pipe or directory is refused before
+//! anything is read), and a row may hold at most [`CsvLoader::MAX_ROW_BYTES`]: a longer
+//! one is refused as it is read, so a file that is not CSV at all (NUL bytes, no line
+//! break) costs at most that much memory.
 //!
 //! Opening reads the file once through a small buffer and keeps only the header, the
 //! row count and a sparse index: the timestamp and byte position of every
 //! [`INDEX_EVERY`]th row. A fetch seeks to the index entry before its range and parses
 //! just the rows it returns (plus at most one index step before them); the newest-rows
 //! fetch walks the index backwards from the end of its range. The file must not change
-//! while the loader is open: a fetch that finds another length refuses to read it.
+//! while the loader is open: before and after every read the file's length,
+//! modification time and (on unix) device and inode must be those of the checking pass,
+//! and every row read must fit the index (at an entry's time, between entries, after the
+//! row before it), else the read fails saying the file changed.
 
-use std::fs::File;
+use std::fmt;
+use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 
 use crate::interval::Interval;
 use crate::loader::{CacheLoader, LoaderError};
 use crate::node::NodeId;
-use crate::time::{parse_timestamp, Timestamp};
+use crate::time::{parse_whole_timestamp, TimeError, Timestamp};
 
 const TS_NAMES: &[&str] = &["ts", "datetime", "date", "time", "timestamp"];
 
@@ -36,12 +47,15 @@ const TS_NAMES: &[&str] = &["ts", "datetime", "date", "time", "timestamp"];
 /// it does not return, and the index costs 32 bytes per this many rows.
 const INDEX_EVERY: u64 = 1024;
 
+/// How many characters of a cell or column name an error message quotes.
+const QUOTE_CHARS: usize = 80;
+
 /// One payload column: numbers (NaN where empty) unless a text cell makes it unusable.
 struct Column {
     name: String,
     /// Its position in a record.
     index: usize,
-    /// The first cell that is not a number: (line, text).
+    /// The first cell that is not a number: (line, text as quoted in messages).
     text: Option<(u64, String)>,
 }
 
@@ -51,24 +65,56 @@ struct Mark {
     ts: Timestamp,
     byte: u64,
     line: u64,
-    record: u64,
 }
 
-impl Mark {
-    fn position(self) -> ::csv::Position {
-        let mut pos = ::csv::Position::new();
-        pos.set_byte(self.byte)
-            .set_line(self.line)
-            .set_record(self.record);
-        pos
+/// What tells one version of a file from another: taken when the file is checked and
+/// compared before and after every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    bytes: u64,
+    modified: Option<SystemTime>,
+    /// Device and inode on unix: a file renamed over the path has others.
+    id: (u64, u64),
+}
+
+impl Stamp {
+    fn of(metadata: &Metadata) -> Stamp {
+        #[cfg(unix)]
+        let id = {
+            use std::os::unix::fs::MetadataExt as _;
+            (metadata.dev(), metadata.ino())
+        };
+        #[cfg(not(unix))]
+        let id = (0, 0);
+        Stamp {
+            bytes: metadata.len(),
+            modified: metadata.modified().ok(),
+            id,
+        }
+    }
+
+    /// What differs in `now`, if anything.
+    fn change_to(self, now: Stamp) -> Option<Change> {
+        if now.id != self.id {
+            Some(Change::Replaced)
+        } else if now.bytes != self.bytes {
+            Some(Change::Length {
+                was: self.bytes,
+                now: now.bytes,
+            })
+        } else if now.modified != self.modified {
+            Some(Change::Modified)
+        } else {
+            None
+        }
     }
 }
 
 /// What the checking pass learned about the file; shared with blocking fetch tasks.
 struct Layout {
     path: PathBuf,
-    /// The file's length when it was checked.
-    bytes: u64,
+    /// The file as it was checked.
+    stamp: Stamp,
     ts_index: usize,
     columns: Vec<Column>,
     /// Every `step`th row, starting with the first.
@@ -177,23 +223,205 @@ impl<R: Read> Read for LineBreaks<R> {
     }
 }
 
-impl<R: Seek> Seek for LineBreaks<R> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.state = Carry::Nothing;
-        self.inner.seek(pos)
+/// A file read with every `\r\n` turned into `\n\r`, then held to a row length.
+type Source = RowLimit<LineBreaks<File>>;
+
+/// Counts the bytes of each row as the CSV parser will see it and fails the read that
+/// takes a row past `limit` bytes, so a file without line breaks is refused after a
+/// bounded read instead of being buffered whole. It follows the parser's quoting: `"`
+/// opens a quoted cell only at the start of a cell, `""` inside one is a quote, and a
+/// line break inside one is text; outside quotes `\r` and `\n` both end a row.
+struct RowLimit<R> {
+    inner: R,
+    limit: u64,
+    quoting: Quoting,
+    /// The line the next byte is on.
+    line: u64,
+    /// The line the current row starts on.
+    row_line: u64,
+    /// The current row's bytes so far, line breaks ending it excluded.
+    row_bytes: u64,
+}
+
+/// Where [`RowLimit`] is within a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// At the start of a cell, where `"` opens a quoted cell.
+    CellStart,
+    /// In an unquoted cell, where `"` is text.
+    Plain,
+    /// In a quoted cell, where line breaks and commas are text.
+    Quoted,
+    /// Just after a `"` in a quoted cell: another `"` is text, anything else closes it.
+    QuoteInQuoted,
+}
+
+/// A row longer than [`RowLimit`] allows.
+#[derive(Debug)]
+struct RowTooLong {
+    /// The line the row starts on.
+    line: u64,
+    /// How many lines it spans so far (more than one only through a quoted cell).
+    lines: u64,
+    /// The limit in bytes.
+    limit: u64,
+}
+
+impl fmt::Display for RowTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limit = if self.limit.is_multiple_of(1 << 20) {
+            format!("{} MiB", self.limit >> 20)
+        } else {
+            format!("{} bytes", self.limit)
+        };
+        let (line, lines) = (self.line, self.lines);
+        if lines > 1 {
+            write!(
+                f,
+                "the row starting at line {line} (a quoted cell spanning {lines} lines) is \
+                 longer than {limit}"
+            )?;
+        } else {
+            write!(f, "line {line} is longer than {limit}")?;
+        }
+        write!(f, "; is this a CSV file?")
     }
 }
 
-/// A file that changed between the checking pass and a fetch.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{path} changed while it was being read ({was} bytes when checked, {now} now); \
-     do not edit a source file during a run"
-)]
+impl std::error::Error for RowTooLong {}
+
+impl<R> RowLimit<R> {
+    /// Reads `inner`, whose first byte is on line `line`.
+    fn new(inner: R, limit: u64, line: u64) -> Self {
+        RowLimit {
+            inner,
+            limit,
+            quoting: Quoting::CellStart,
+            line,
+            row_line: line,
+            row_bytes: 0,
+        }
+    }
+
+    fn count(&mut self, bytes: &[u8]) -> io::Result<()> {
+        for &b in bytes {
+            if b == b'\n' {
+                self.line += 1;
+            }
+            let (quoting, ends_row) = match (self.quoting, b) {
+                (Quoting::Quoted, b'"') => (Quoting::QuoteInQuoted, false),
+                (Quoting::Quoted, _) => (Quoting::Quoted, false),
+                (_, b'\n' | b'\r') => (Quoting::CellStart, true),
+                (Quoting::CellStart | Quoting::QuoteInQuoted, b'"') => (Quoting::Quoted, false),
+                (_, b',') => (Quoting::CellStart, false),
+                _ => (Quoting::Plain, false),
+            };
+            self.quoting = quoting;
+            if ends_row {
+                self.row_line = self.line;
+                self.row_bytes = 0;
+                continue;
+            }
+            self.row_bytes += 1;
+            if self.row_bytes > self.limit {
+                let long = RowTooLong {
+                    line: self.row_line,
+                    lines: self.line - self.row_line + 1,
+                    limit: self.limit,
+                };
+                return Err(io::Error::new(io::ErrorKind::InvalidData, long));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for RowLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.count(&buf[..read])?;
+        Ok(read)
+    }
+}
+
+/// A file that no longer matches what the checking pass found.
+#[derive(Debug)]
 struct Changed {
     path: PathBuf,
-    was: u64,
-    now: u64,
+    what: Change,
+}
+
+/// What showed that a file changed.
+#[derive(Debug)]
+enum Change {
+    /// Another file now has the path (another device or inode).
+    Replaced,
+    /// Another length.
+    Length { was: u64, now: u64 },
+    /// The same length, another modification time.
+    Modified,
+    /// A row whose time does not fit the index or the row before it.
+    Row { line: u64, ts: Timestamp },
+    /// A row that no longer reads as every checked row did.
+    Unreadable { line: u64, source: Box<LoaderError> },
+    /// The rows end before the checked count.
+    Ended { rows: u64, checked: u64 },
+}
+
+impl fmt::Display for Changed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} changed while it was being read (",
+            self.path.display()
+        )?;
+        match &self.what {
+            Change::Replaced => write!(f, "another file now has its name"),
+            Change::Length { was, now } => write!(f, "{was} bytes when checked, {now} now"),
+            Change::Modified => write!(f, "modified since it was checked"),
+            Change::Row { line, ts } => {
+                write!(
+                    f,
+                    "line {line} now holds timestamp {ts}, out of place among the rows checked"
+                )
+            }
+            Change::Unreadable { line, source } => {
+                write!(f, "line {line} no longer reads: {source}")
+            }
+            Change::Ended { rows, checked } => {
+                write!(f, "it now ends after {rows} of its {checked} rows")
+            }
+        }?;
+        write!(f, "); do not edit a source file during a run")
+    }
+}
+
+impl std::error::Error for Changed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.what {
+            Change::Unreadable { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// A cell or name as an error message quotes it: at most [`QUOTE_CHARS`] characters,
+/// then `…` if there were more, with control characters escaped so that a message
+/// stays one line.
+fn quote(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(QUOTE_CHARS) {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn ts_column(headers: &[String]) -> Option<usize> {
@@ -218,17 +446,42 @@ fn cell_value(cell: &str) -> Option<Result<f64, &str>> {
     Some(cell.parse::<f64>().map_err(|_| cell))
 }
 
+/// A CSV reader over `file` from its current position, whose first byte is on `line`.
+fn csv_reader(file: File, line: u64, limit: u64, headers: bool) -> ::csv::Reader<Source> {
+    ::csv::ReaderBuilder::new()
+        .flexible(false)
+        .has_headers(headers)
+        .from_reader(RowLimit::new(LineBreaks::new(file), limit, line))
+}
+
+/// The file a reader reads.
+fn file_of(reader: &::csv::Reader<Source>) -> &File {
+    &reader.get_ref().inner.inner
+}
+
 impl CsvLoader {
+    /// The most bytes one row may hold (1 MiB): a stream's row is a time and a few
+    /// numbers, so a longer row means the file is not CSV. A row spans one line unless a
+    /// quoted cell holds line breaks.
+    pub const MAX_ROW_BYTES: u64 = 1 << 20;
+
     /// Checks the whole file in one buffered pass and indexes it for range reads.
     ///
     /// # Errors
-    /// [`LoaderError`] naming the file and, for bad content, the line.
+    /// [`LoaderError`] naming the file and, for bad content, the line; a path that is
+    /// not a regular file is [`LoaderError::NotAFile`].
     pub fn open(path: impl AsRef<Path>) -> Result<CsvLoader, LoaderError> {
-        Self::open_indexed(path.as_ref(), INDEX_EVERY)
+        Self::open_with(path.as_ref(), INDEX_EVERY, Self::MAX_ROW_BYTES)
     }
 
-    fn open_indexed(path: &Path, step: u64) -> Result<CsvLoader, LoaderError> {
+    fn open_with(path: &Path, step: u64, limit: u64) -> Result<CsvLoader, LoaderError> {
         let path = path.to_path_buf();
+
+        // Only a regular file: a device may never end, and opening a pipe waits for a
+        // writer. Asked before opening, and again of what was opened.
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(LoaderError::NotAFile { path });
+        }
         let file = match File::open(&path) {
             Ok(file) => file,
             // A link to nothing exists but is no file: say so rather than "not found".
@@ -241,12 +494,11 @@ impl CsvLoader {
             path: path.clone(),
             source,
         })?;
-        if metadata.is_dir() {
+        if !metadata.is_file() {
             return Err(LoaderError::NotAFile { path });
         }
-        let mut reader = ::csv::ReaderBuilder::new()
-            .flexible(false)
-            .from_reader(LineBreaks::new(file));
+        let stamp = Stamp::of(&metadata);
+        let mut reader = csv_reader(file, 1, limit, true);
         let csv_err = |source| LoaderError::Csv {
             path: path.clone(),
             source,
@@ -274,13 +526,17 @@ impl CsvLoader {
             if !h.is_empty() && headers[..i].iter().any(|o| o.eq_ignore_ascii_case(h)) {
                 return Err(LoaderError::DuplicateColumn {
                     path,
-                    column: h.clone(),
+                    column: quote(h),
                 });
             }
         }
         let ts_index = ts_column(&headers).ok_or_else(|| LoaderError::NoTsColumn {
             path: path.clone(),
-            found: headers.join(","),
+            found: headers
+                .iter()
+                .map(|h| quote(h))
+                .collect::<Vec<_>>()
+                .join(","),
         })?;
         let mut columns: Vec<Column> = headers
             .into_iter()
@@ -299,7 +555,12 @@ impl CsvLoader {
         let mut previous: Option<Timestamp> = None;
         let mut record = ::csv::StringRecord::new();
         while reader.read_record(&mut record).map_err(csv_err)? {
-            let (line, t) = row_ts(&path, &record, ts_index)?;
+            let pos = record
+                .position()
+                .cloned()
+                .unwrap_or_else(::csv::Position::new);
+            let line = pos.line();
+            let t = row_ts(&path, line, &record, ts_index)?;
             if let Some(previous) = previous.filter(|p| t <= *p) {
                 return Err(LoaderError::Unsorted {
                     path,
@@ -318,23 +579,18 @@ impl CsvLoader {
                         return Err(LoaderError::NonFinite {
                             path,
                             line,
-                            column: column.name.clone(),
-                            value: cell.trim().to_owned(),
+                            column: quote(&column.name),
+                            value: quote(cell.trim()),
                         })
                     }
-                    Some(Err(text)) => column.text = Some((line, text.to_owned())),
+                    Some(Err(text)) => column.text = Some((line, quote(text))),
                 }
             }
             if rows.is_multiple_of(step) {
-                let pos = record
-                    .position()
-                    .cloned()
-                    .unwrap_or_else(::csv::Position::new);
                 index.push(Mark {
                     ts: t,
                     byte: pos.byte(),
-                    line: pos.line(),
-                    record: pos.record(),
+                    line,
                 });
             }
             rows += 1;
@@ -342,6 +598,17 @@ impl CsvLoader {
         let Some(last) = previous else {
             return Err(LoaderError::Empty { path });
         };
+
+        // The file must not have changed while it was being checked.
+        let now = file_of(&reader)
+            .metadata()
+            .map_err(|source| LoaderError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        if let Some(what) = stamp.change_to(Stamp::of(&now)) {
+            return Err(LoaderError::permanent(Changed { path, what }));
+        }
         for column in &mut columns {
             if column.name.is_empty() {
                 column.name = "unnamed".to_owned();
@@ -350,7 +617,7 @@ impl CsvLoader {
         tracing::debug!(path = %path.display(), rows, marks = index.len(), "csv.indexed");
         let layout = Layout {
             path,
-            bytes: metadata.len(),
+            stamp,
             ts_index,
             columns,
             index,
@@ -403,13 +670,13 @@ impl CsvLoader {
     }
 }
 
-/// The line and timestamp of a record, checked.
+/// The timestamp of a record on `line`, checked.
 fn row_ts(
     path: &Path,
+    line: u64,
     record: &::csv::StringRecord,
     ts_index: usize,
-) -> Result<(u64, Timestamp), LoaderError> {
-    let line = record.position().map_or(0, |p| p.line());
+) -> Result<Timestamp, LoaderError> {
     let cell = record.get(ts_index).unwrap_or("").trim();
     if cell.is_empty() {
         return Err(LoaderError::NullTimestamp {
@@ -417,67 +684,132 @@ fn row_ts(
             line,
         });
     }
-    let t = parse_timestamp(cell).map_err(|source| LoaderError::BadTimestamp {
+    parse_whole_timestamp(cell).map_err(|source| LoaderError::BadTimestamp {
         path: path.to_path_buf(),
         line,
-        source,
-    })?;
-    Ok((line, t))
+        source: match source {
+            TimeError::Malformed { input } => TimeError::Malformed {
+                input: quote(&input),
+            },
+            TimeError::Fractional { input } => TimeError::Fractional {
+                input: quote(&input),
+            },
+            other => other,
+        },
+    })
 }
 
 impl Layout {
-    /// A reader positioned at the indexed row `mark`.
-    fn reader_at(&self, mark: Mark) -> Result<::csv::Reader<LineBreaks<File>>, LoaderError> {
+    fn changed(&self, what: Change) -> LoaderError {
+        LoaderError::permanent(Changed {
+            path: self.path.clone(),
+            what,
+        })
+    }
+
+    /// Fails if `file` is no longer the file that was checked.
+    fn verify(&self, file: &File) -> Result<(), LoaderError> {
+        let metadata = file.metadata().map_err(|source| LoaderError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        match self.stamp.change_to(Stamp::of(&metadata)) {
+            Some(what) => Err(self.changed(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// A reader positioned at the indexed row `mark`, of the file as it was checked.
+    fn reader_at(&self, mark: Mark) -> Result<::csv::Reader<Source>, LoaderError> {
         let open_err = |source| LoaderError::Open {
             path: self.path.clone(),
             source,
         };
-        let file = File::open(&self.path).map_err(open_err)?;
-        let now = file.metadata().map_err(open_err)?.len();
-        if now != self.bytes {
-            return Err(LoaderError::permanent(Changed {
-                path: self.path.clone(),
-                was: self.bytes,
-                now,
-            }));
+        let mut file = File::open(&self.path).map_err(open_err)?;
+        self.verify(&file)?;
+
+        // In a CRLF file a row's position is that of the LF ending the line before it
+        // (the parser reads LF CR): step over that LF so the row starts on `mark.line`.
+        file.seek(SeekFrom::Start(mark.byte)).map_err(open_err)?;
+        let mut first = [0u8; 1];
+        if file.read(&mut first).map_err(open_err)? == 1 && first[0] != b'\n' {
+            file.seek(SeekFrom::Start(mark.byte)).map_err(open_err)?;
         }
-        let mut reader = ::csv::ReaderBuilder::new()
-            .flexible(false)
-            .has_headers(false)
-            .from_reader(LineBreaks::new(file));
-        reader
-            .seek(mark.position())
-            .map_err(|source| LoaderError::Csv {
-                path: self.path.clone(),
-                source,
-            })?;
-        Ok(reader)
+        Ok(csv_reader(file, mark.line, CsvLoader::MAX_ROW_BYTES, false))
     }
 
-    /// Reads rows from index entry `from` on, handing each `(ts, record)` to `each`
-    /// until it returns false or the file ends.
+    /// Whether row `row` (counted from 0) may hold time `t` after `previous` in the
+    /// file as checked: an index entry's row holds the entry's time, any other row a
+    /// time between the entries around it, the last row the last time.
+    fn fits(&self, row: u64, previous: Option<Timestamp>, t: Timestamp) -> bool {
+        let entry = usize::try_from(row / self.step).unwrap_or(usize::MAX);
+        let Some(mark) = self.index.get(entry) else {
+            return false;
+        };
+        let after_mark = if row.is_multiple_of(self.step) {
+            t == mark.ts
+        } else {
+            t > mark.ts
+        };
+        let before_next = match self.index.get(entry + 1) {
+            Some(next) => t < next.ts,
+            None => t <= self.last,
+        };
+        row < self.rows
+            && after_mark
+            && before_next
+            && (row + 1 < self.rows || t == self.last)
+            && previous.is_none_or(|p| t > p)
+    }
+
+    /// Reads rows from index entry `from` on, handing each `(ts, line, record)` to
+    /// `each` until it returns false or the file ends. Every row read is checked
+    /// against the index, and the file against its stamp before and after.
     fn scan(
         &self,
         from: usize,
-        mut each: impl FnMut(Timestamp, &::csv::StringRecord) -> Result<bool, LoaderError>,
+        mut each: impl FnMut(Timestamp, u64, &::csv::StringRecord) -> Result<bool, LoaderError>,
     ) -> Result<(), LoaderError> {
-        let mut reader = self.reader_at(self.index[from])?;
+        let mark = self.index[from];
+        let mut reader = self.reader_at(mark)?;
+        let line_at = |pos: &::csv::Position| mark.line + pos.line().saturating_sub(1);
         let mut record = ::csv::StringRecord::new();
+        let (mut row, mut previous) = (from as u64 * self.step, None);
         loop {
-            let more = reader
-                .read_record(&mut record)
-                .map_err(|source| LoaderError::Csv {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            let more = reader.read_record(&mut record).map_err(|source| {
+                self.changed(Change::Unreadable {
+                    line: line_at(reader.position()),
+                    source: Box::new(LoaderError::Csv {
+                        path: self.path.clone(),
+                        source,
+                    }),
+                })
+            })?;
             if !more {
-                return Ok(());
+                if row != self.rows {
+                    return Err(self.changed(Change::Ended {
+                        rows: row,
+                        checked: self.rows,
+                    }));
+                }
+                break;
             }
-            let (_, t) = row_ts(&self.path, &record, self.ts_index)?;
-            if !each(t, &record)? {
-                return Ok(());
+            let line = record.position().map_or(mark.line, line_at);
+            let t = row_ts(&self.path, line, &record, self.ts_index).map_err(|e| {
+                self.changed(Change::Unreadable {
+                    line,
+                    source: Box::new(e),
+                })
+            })?;
+            if !self.fits(row, previous, t) {
+                return Err(self.changed(Change::Row { line, ts: t }));
+            }
+            (row, previous) = (row + 1, Some(t));
+            if !each(t, line, &record)? {
+                break;
             }
         }
+        self.verify(file_of(&reader))
     }
 
     /// The index entry to start reading at for rows at or after `start`.
@@ -494,7 +826,7 @@ impl Layout {
 
         // Read from the index entry before `start` up to the first row at `end`.
         if start < end && start <= self.last && end > self.index[0].ts {
-            self.scan(self.entry_before(start), |t, record| {
+            self.scan(self.entry_before(start), |t, line, record| {
                 if t >= end {
                     return Ok(false);
                 }
@@ -503,7 +835,7 @@ impl Layout {
                 }
                 ts.push(t);
                 for (column, out) in numeric.iter().zip(&mut values) {
-                    out.push(self.number(record, column)?);
+                    out.push(self.number(record, line, column)?);
                 }
                 Ok(true)
             })?;
@@ -518,17 +850,25 @@ impl Layout {
     }
 
     /// A payload cell of a numeric column, re-read; an error only if the file changed.
-    fn number(&self, record: &::csv::StringRecord, column: &Column) -> Result<f64, LoaderError> {
+    fn number(
+        &self,
+        record: &::csv::StringRecord,
+        line: u64,
+        column: &Column,
+    ) -> Result<f64, LoaderError> {
         let cell = record.get(column.index).unwrap_or("");
         match cell_value(cell) {
             None => Ok(f64::NAN),
             Some(Ok(v)) if v.is_finite() => Ok(v),
-            _ => Err(LoaderError::NonFinite {
-                path: self.path.clone(),
-                line: record.position().map_or(0, |p| p.line()),
-                column: column.name.clone(),
-                value: cell.trim().to_owned(),
-            }),
+            _ => Err(self.changed(Change::Unreadable {
+                line,
+                source: Box::new(LoaderError::NonFinite {
+                    path: self.path.clone(),
+                    line,
+                    column: quote(&column.name),
+                    value: quote(cell.trim()),
+                }),
+            })),
         }
     }
 
@@ -548,7 +888,7 @@ impl Layout {
         let mut wanted = count;
         for entry in (0..holding).rev() {
             let (mut times, mut seen) = (Vec::new(), 0);
-            self.scan(entry, |t, _| {
+            self.scan(entry, |t, _, _| {
                 if t >= end || seen >= step {
                     return Ok(false);
                 }
@@ -626,7 +966,8 @@ impl CacheLoader for CsvLoader {
             .filter_map(find)
             .filter_map(|c| {
                 let (line, cell) = c.text.as_ref()?;
-                Some(format!("'{}' holds text ('{cell}' at line {line})", c.name))
+                let name = quote(&c.name);
+                Some(format!("'{name}' holds text ('{cell}' at line {line})"))
             })
             .collect();
         if missing.is_empty() && text.is_empty() {
@@ -634,7 +975,7 @@ impl CacheLoader for CsvLoader {
         }
         let mut problems = Vec::new();
         if !missing.is_empty() {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
             problems.push(format!(
                 "missing {} (columns besides the timestamp: {})",
                 missing.join(", "),
@@ -831,7 +1172,8 @@ mod tests {
             content.push_str(&format!("{t},{i}.5,{note}{eol}"));
         }
         let name = format!("steps-{}.csv", eol.len());
-        let loader = CsvLoader::open_indexed(&write(&name, &content), 3).unwrap();
+        let loader =
+            CsvLoader::open_with(&write(&name, &content), 3, CsvLoader::MAX_ROW_BYTES).unwrap();
         assert_eq!(loader.layout.index.len(), 7);
         let whole = loader.range(i64::MIN, i64::MAX).unwrap();
         assert_eq!(whole.num_rows(), 20);
@@ -944,5 +1286,294 @@ mod tests {
     fn decimal_epoch_seconds_are_accepted() {
         let path = write("decimal.csv", "ts,v\n1492592400.0,1\n");
         assert_eq!(CsvLoader::open(&path).unwrap().span().0, 1_492_592_400);
+    }
+
+    /// Writes `content` and opens it with index steps of 3 rows and rows of at most
+    /// `limit` bytes.
+    fn open_small(name: &str, content: &str, limit: u64) -> Result<CsvLoader, LoaderError> {
+        CsvLoader::open_with(&write(name, content), 3, limit)
+    }
+
+    /// Regression: a file without line breaks (3 GiB of NUL bytes) was read into memory
+    /// whole and aborted the process; a row is now cut off at the limit as it is read.
+    #[test]
+    fn rows_longer_than_the_limit_are_refused_naming_their_line() {
+        let x = |n: usize| "x".repeat(n);
+        let refused = [
+            (
+                "long-header.csv",
+                format!("ts,{}\n10,1\n", x(14)),
+                "line 1 is",
+            ),
+            (
+                "long-row.csv",
+                format!("ts,v\n10,1\n11,{}", x(14)),
+                "line 3 is",
+            ),
+            (
+                "long-crlf.csv",
+                format!("ts,v\r\n10,1\r\n11,{}\r\n", x(14)),
+                "line 3 is",
+            ),
+            (
+                "long-quoted.csv",
+                "ts,v\n10,\"a\nb\nc\nd\ne\nf\ng\nh\"\n".to_owned(),
+                "the row starting at line 2 (a quoted cell spanning",
+            ),
+        ];
+        for (name, content, want) in refused {
+            let err = open_small(name, &content, 16).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(want), "{name}: {text}");
+            assert!(
+                text.contains("longer than 16 bytes; is this a CSV file?"),
+                "{text}"
+            );
+            assert!(text.contains(name), "{name}: {text}");
+            assert!(err.is_input_error(), "{name}: {text}");
+        }
+
+        // Rows at the limit, many short rows, and quotes that do not open a quoted cell.
+        let accepted = [
+            ("at-limit.csv", format!("ts,v\n10,1{}\n", " ".repeat(12))),
+            (
+                "at-limit-crlf.csv",
+                format!("ts,v\r\n10,1{}\r\n", " ".repeat(12)),
+            ),
+            (
+                "many.csv",
+                format!(
+                    "ts,v\n{}",
+                    (10..40).map(|t| format!("{t},1\n")).collect::<String>()
+                ),
+            ),
+            ("cr-only.csv", "ts,v\r10,1\r11,2\r12,3\r13,4\r".to_owned()),
+            (
+                "inch.csv",
+                "ts,v,n\n10,1,5\" tv\n11,2,x\n12,3,y\n13,4,z\n".to_owned(),
+            ),
+            (
+                "escaped.csv",
+                "ts,v,n\n10,1,\"a\"\"b\"\n11,2,x\n12,3,y\n13,4,z\n".to_owned(),
+            ),
+            (
+                "closed.csv",
+                "ts,v,n\n10,1,\"a\"b\n11,2,x\n12,3,y\n13,4,z\n".to_owned(),
+            ),
+        ];
+        for (name, content) in accepted {
+            let loader = open_small(name, &content, 16).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let rows = loader.range(i64::MIN, i64::MAX).unwrap().num_rows();
+            assert_eq!(rows, loader.len(), "{name}");
+        }
+    }
+
+    /// Regression: as QA ran it, `truncate -s 3G zeros.csv` then a run over it.
+    #[test]
+    fn a_sparse_file_of_nul_bytes_is_refused_at_its_first_line() {
+        let path = write("zeros.csv", "");
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        let err = CsvLoader::open(&path).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("line 1 is longer than 1 MiB; is this a CSV file?"),
+            "{text}"
+        );
+        assert!(text.contains("zeros.csv"), "{text}");
+        assert!(err.is_input_error(), "{text}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Regression: `csv:/dev/zero` was read until memory ran out.
+    #[cfg(unix)]
+    #[test]
+    fn devices_and_directories_are_refused_before_reading() {
+        for path in ["/dev/zero", "/dev/null", "/"] {
+            let err = CsvLoader::open(path).unwrap_err();
+            assert!(matches!(err, LoaderError::NotAFile { .. }), "{path}: {err}");
+            assert!(
+                err.to_string().contains("give the path of a CSV file"),
+                "{err}"
+            );
+        }
+    }
+
+    /// Writes `edited` over `path` in place (same inode) and sets its modification time
+    /// to `modified`.
+    fn edit_in_place(path: &Path, edited: &str, modified: SystemTime) {
+        std::fs::write(path, edited).unwrap();
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+    }
+
+    fn modified(path: &Path) -> SystemTime {
+        std::fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    /// Regression: a same-size edit turning a time into a far-future one made a range
+    /// read stop early and lose rows with no error. Even with the modification time
+    /// put back, every row read is checked against the index.
+    #[test]
+    fn a_same_size_edit_keeping_the_modified_time_is_caught_by_the_rows() {
+        let rows = "ts,v\n10,1\n20,2\n30,3\n40,4\n50,5\n60,6\n";
+        // (edit from, to, range, what the error says); rows 10 and 40 are indexed.
+        let cases = [
+            (
+                "30,3",
+                "99,3",
+                (10, 40),
+                "line 4 now holds timestamp 99, out of place among the rows checked",
+            ),
+            (
+                "20,2",
+                "05,2",
+                (10, 40),
+                "line 3 now holds timestamp 5, out of place among the rows checked",
+            ),
+            ("40,4", "41,4", (40, 100), "line 5 now holds timestamp 41"),
+            ("60,6", "59,6", (50, 100), "line 7 now holds timestamp 59"),
+            // Blank lines as long as the rows they replace.
+            ("50,5\n60,6\n", "", (40, 100), "ends after 4 of its 6 rows"),
+            ("20,2", "20,x", (10, 40), "line 3 no longer reads"),
+            ("20,2", "2x,2", (10, 40), "line 3 no longer reads: "),
+        ];
+        for eol in ["\n", "\r\n"] {
+            for (i, (from, to, (start, end), want)) in cases.iter().enumerate() {
+                let name = format!("edited-{i}-{}.csv", eol.len());
+                let content = rows.replace('\n', eol);
+                let path = write(&name, &content);
+                let loader = CsvLoader::open_with(&path, 3, CsvLoader::MAX_ROW_BYTES).unwrap();
+                let was = modified(&path);
+                let from = from.replace('\n', eol);
+                let to = if to.is_empty() {
+                    "\n".repeat(from.len())
+                } else {
+                    to.replace('\n', eol)
+                };
+                let edited = content.replace(&from, &to);
+                assert_eq!(edited.len(), content.len());
+                edit_in_place(&path, &edited, was);
+
+                let err = loader.range(*start, *end).unwrap_err();
+                let text = err.to_string();
+                assert!(text.contains("changed while it was being read"), "{text}");
+                assert!(text.contains(want), "{name}: {text}");
+                assert!(!err.is_input_error() && !err.is_retryable(), "{text}");
+                let newest = loader.newest(*start, *end, 9).unwrap_err().to_string();
+                assert!(
+                    newest.contains("changed while it was being read"),
+                    "{newest}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_same_size_edit_is_caught_by_its_modified_time() {
+        let content = "ts,v\n10,1\n20,2\n";
+        let path = write("touched.csv", content);
+        let loader = CsvLoader::open(&path).unwrap();
+        let later = modified(&path) + std::time::Duration::from_secs(1);
+        edit_in_place(&path, &content.replace("20,2", "20,7"), later);
+        let err = loader.range(0, 100).unwrap_err().to_string();
+        assert!(
+            err.contains("changed while it was being read (modified since it was checked)"),
+            "{err}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn another_file_renamed_over_the_path_is_caught() {
+        let content = "ts,v\n10,1\n20,2\n";
+        let path = write("renamed.csv", content);
+        let loader = CsvLoader::open(&path).unwrap();
+        let twin = write("renamed-twin.csv", content);
+        File::options()
+            .write(true)
+            .open(&twin)
+            .unwrap()
+            .set_modified(modified(&path))
+            .unwrap();
+        std::fs::rename(&twin, &path).unwrap();
+        let err = loader.range(0, 100).unwrap_err().to_string();
+        assert!(err.contains("(another file now has its name)"), "{err}");
+    }
+
+    /// Regression: a 10 MB cell made a 10 MB error line, and a quoted line break put a
+    /// raw line break in the message.
+    #[test]
+    fn messages_quote_at_most_80_characters_of_a_cell_on_one_line() {
+        let long = "y".repeat(300);
+        let cut = format!("'{}…'", &long[..80]);
+        let cases = [
+            ("long-ts.csv", format!("ts,v\n10,1\n{long},2\n"), cut),
+            (
+                "long-nan.csv",
+                format!("ts,v\n10,1{}\n", "0".repeat(400)),
+                "'1000".to_owned(),
+            ),
+            (
+                "long-head.csv",
+                format!("{long},v\n10,1\n"),
+                format!("(found: {}…,v)", &long[..80]),
+            ),
+            (
+                "break-ts.csv",
+                "ts,v\n\"no\non\",1\n".to_owned(),
+                r"'no\non'".to_owned(),
+            ),
+            (
+                "escape-ts.csv",
+                "ts,v\n\u{1b}[2J,1\n".to_owned(),
+                r"'\u{1b}[2J'".to_owned(),
+            ),
+        ];
+        for (name, content, want) in cases {
+            let err = CsvLoader::open(write(name, &content))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&want), "{name}: {err}");
+            assert!(err.len() < 400, "{name}: {} bytes: {err}", err.len());
+            assert!(
+                !err.contains('\n') && !err.contains('\u{1b}'),
+                "{name}: {err}"
+            );
+        }
+        let loader =
+            CsvLoader::open(write("long-text.csv", &format!("ts,v\n10,1\n11,{long}\n"))).unwrap();
+        let err = loader
+            .check_fields(&["v".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("('{}…' at line 3)", &long[..80])),
+            "{err}"
+        );
+    }
+
+    /// Regression: `1600000000.5` was read as `1600000000`, losing half a second
+    /// silently, while the live source refused it.
+    #[test]
+    fn fractional_epoch_seconds_are_refused_naming_the_line() {
+        let path = write("fraction.csv", "ts,v\n10,1\n11.5,2\n");
+        let err = CsvLoader::open(&path).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "fraction.csv line 3: timestamp '11.5' is not whole epoch seconds",
+            "ts must be whole epoch seconds or ISO-8601",
+        ] {
+            assert!(text.contains(want), "{text}");
+        }
+        assert!(err.is_input_error(), "{text}");
     }
 }
