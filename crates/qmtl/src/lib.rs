@@ -42,6 +42,7 @@ pub mod live;
 pub mod loader;
 pub mod metrics;
 pub mod node;
+pub mod quote;
 pub mod recorder;
 pub mod replay;
 pub mod report;

@@ -104,7 +104,10 @@ pub trait CacheLoader: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
     /// A file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error(
+        "cannot read {}: {source}",
+        crate::secret::redact_dsn(&path.display().to_string())
+    )]
     Open {
         /// The file.
         path: PathBuf,

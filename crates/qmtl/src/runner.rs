@@ -1155,10 +1155,8 @@ fn open_hint(error: &LoaderError) -> &'static str {
             "raise --request-timeout if the server is slow to answer, or --max-retries to \
              wait longer for it"
         }
-        LoaderError::ConnectTimeout { .. } => {
-            "raise connect_timeout in the DSN (?connect_timeout=SECS) if the server is slow \
-             to accept, or --max-retries to wait longer for it"
-        }
+        // Its own message already names connect_timeout.
+        LoaderError::ConnectTimeout { .. } => "or raise --max-retries to wait longer for it",
         _ => "raise --max-retries to wait longer for the server",
     }
 }

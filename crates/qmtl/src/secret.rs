@@ -6,16 +6,20 @@
 pub fn redact_dsn(dsn: &str) -> String {
     let mut out = dsn.to_owned();
 
-    // URL user info: scheme://user:password@host
-    if let Some(scheme_end) = out.find("://") {
-        let rest = scheme_end + 3;
+    // URL user info, of every URL in the text (a list of DSNs, a message quoting one):
+    // scheme://user:password@host
+    let mut from = 0;
+    while let Some(found) = out[from..].find("://") {
+        let rest = from + found + 3;
         let authority_end = out[rest..]
-            .find(['/', '?', '#'])
+            .find(['/', '?', '#', ',', ' '])
             .map_or(out.len(), |i| rest + i);
+        from = authority_end;
         if let Some(at) = out[rest..authority_end].rfind('@') {
-            let userinfo = &out[rest..rest + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest + colon + 1..rest + at, "***");
+            if let Some(colon) = out[rest..rest + at].find(':') {
+                let password = rest + colon + 1..rest + at;
+                from = authority_end - password.len() + 3;
+                out.replace_range(password, "***");
             }
         }
     }
@@ -74,6 +78,15 @@ mod tests {
                 "http://admin:***@localhost:8000",
             ),
             ("http://localhost:8000/x@y", "http://localhost:8000/x@y"),
+            // Regression: only the first of several DSNs lost its password.
+            (
+                "postgresql://u:pw1@h:1/db,postgresql://u:secret2@h:2/db",
+                "postgresql://u:***@h:1/db,postgresql://u:***@h:2/db",
+            ),
+            (
+                "cannot read postgresql://u:secret3@h/db: No such file",
+                "cannot read postgresql://u:***@h/db: No such file",
+            ),
             ("postgresql://u@h/db", "postgresql://u@h/db"),
             (
                 "host=h password=hunter2 user=u",

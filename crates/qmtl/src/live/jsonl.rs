@@ -23,13 +23,14 @@
 //! Lines are read and parsed on a thread of their own, so a slow pipe never blocks the
 //! runtime.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{LiveBatch, LiveError, LiveFeed, LiveSource};
+use crate::quote::quote;
 use crate::time::{check_seconds, parse_whole_timestamp, Timestamp};
 
 /// Rows parsed ahead of the runner.
@@ -82,31 +83,70 @@ impl JsonlSource {
     }
 }
 
+/// The longest line a JSON-lines source takes (one row of at most 16 numbers is far
+/// shorter); a longer one ends the source with an error instead of filling memory.
+pub const MAX_LINE_BYTES: u64 = 1 << 20;
+
 fn read_lines(
-    reader: Box<dyn BufRead + Send>,
+    mut reader: Box<dyn BufRead + Send>,
     path: &str,
     feeds: &[LiveFeed],
     sender: &mpsc::Sender<Parsed>,
 ) {
-    for (n, line) in reader.lines().enumerate() {
-        let line_no = n as u64 + 1;
-        let parsed = match line {
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut buf);
+        line_no += 1;
+        let parsed = match read {
             Err(source) => Err(LiveError::Read {
                 path: path.to_owned(),
                 source,
             }),
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => parse_line(&text, feeds).map_err(|reason| LiveError::BadLine {
-                path: path.to_owned(),
-                line: line_no,
-                reason,
-            }),
+            Ok(0) => return,
+            Ok(_) if buf.len() as u64 > MAX_LINE_BYTES && buf.last() != Some(&b'\n') => {
+                Err(LiveError::BadLine {
+                    path: path.to_owned(),
+                    line: line_no,
+                    reason: "longer than 1 MiB; is this a JSON-lines file?".to_owned(),
+                })
+            }
+            Ok(_) => match std::str::from_utf8(&buf) {
+                Err(_) => Err(LiveError::BadLine {
+                    path: path.to_owned(),
+                    line: line_no,
+                    reason: "not UTF-8 text".to_owned(),
+                }),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => {
+                    parse_line(text.trim_end(), feeds).map_err(|reason| LiveError::BadLine {
+                        path: path.to_owned(),
+                        line: line_no,
+                        reason,
+                    })
+                }
+            },
         };
         let stop = parsed.is_err();
         if sender.blocking_send(parsed).is_err() || stop {
             return;
         }
     }
+}
+
+/// A JSON number that is a whole count of seconds, written as an integer or not
+/// (`1700000000`, `1700000000.0`, `1.7e9`).
+fn whole_seconds(n: &serde_json::Number) -> Option<i64> {
+    if let Some(secs) = n.as_i64() {
+        return Some(secs);
+    }
+    let value = n.as_f64()?;
+    // Beyond ±2^53 a float no longer tells whole seconds apart; no valid time is there.
+    let whole = value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0;
+    whole.then_some(value as i64)
 }
 
 /// Parses one line into (feed, ts, values).
@@ -125,12 +165,13 @@ fn parse_line(text: &str, feeds: &[LiveFeed]) -> Result<(usize, Timestamp, Vec<f
     else {
         let names: Vec<&str> = feeds.iter().map(|f| f.name.as_str()).collect();
         return Err(format!(
-            "stream '{stream}' is not a feed of this run (feeds: {})",
+            "stream '{}' is not a feed of this run (feeds: {})",
+            quote(stream),
             names.join(", ")
         ));
     };
     let ts = match object.get("ts") {
-        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+        Some(serde_json::Value::Number(n)) => match whole_seconds(n) {
             Some(secs) => check_seconds(secs).map_err(|e| format!("ts: {e}"))?,
             None => return Err(format!("ts {n} is not whole epoch seconds")),
         },
@@ -204,6 +245,23 @@ mod tests {
         }]
     }
 
+    /// Regression: a source without line breaks (`jsonl:/dev/zero`) was read into memory
+    /// until the allocator gave up (exit 134).
+    #[test]
+    fn a_line_longer_than_the_limit_ends_the_source_with_an_error() {
+        let feeds = feeds();
+        let mut input = br#"{"stream":"bars","ts":1700000000,"close":1,"volume":2}"#.to_vec();
+        input.push(b'\n');
+        input.extend(std::iter::repeat_n(b'0', 2 << 20));
+        let reader: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(input));
+        let (sender, mut rows) = mpsc::channel(4);
+        read_lines(reader, "big.jsonl", &feeds, &sender);
+        assert_eq!(rows.try_recv().unwrap().unwrap().1, 1_700_000_000);
+        let err = rows.try_recv().unwrap().unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("longer than 1 MiB"), "{err}");
+    }
+
     #[test]
     fn parses_rows_and_names_what_is_wrong() {
         let feeds = feeds();
@@ -217,6 +275,15 @@ mod tests {
             &feeds,
         );
         assert_eq!(by_id, Ok((0, 1_700_000_000, vec![1.0, 2.0])));
+        // Regression: a whole number written with a decimal point was refused.
+        for ts in ["1700000000.0", "1.7e9"] {
+            let line = format!(r#"{{"stream":"bars","ts":{ts},"close":1,"volume":2}}"#);
+            assert_eq!(
+                parse_line(&line, &feeds),
+                Ok((0, 1_700_000_000, vec![1.0, 2.0])),
+                "{ts}"
+            );
+        }
         let cases = [
             ("nope", "not a JSON object"),
             ("[1]", "not a JSON object"),
@@ -229,6 +296,11 @@ mod tests {
             (
                 r#"{"stream":"bars","ts":1.5,"close":1,"volume":1}"#,
                 "not whole",
+            ),
+            // Regression: a value quoted in full put a terminal escape in the message.
+            (
+                "{\"stream\":\"\\u001b[31mx\",\"ts\":1}",
+                "stream '\\u{1b}[31mx' is not a feed",
             ),
             // Regression: a fraction written as text was cut to whole seconds.
             (

@@ -27,6 +27,7 @@
 //! and every row read must fit the index (at an entry's time, between entries, after the
 //! row before it), else the read fails saying the file changed.
 
+use crate::quote::quote;
 use std::fmt;
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -46,9 +47,6 @@ const TS_NAMES: &[&str] = &["ts", "datetime", "date", "time", "timestamp"];
 /// Rows between two entries of the sparse index: a fetch parses at most this many rows
 /// it does not return, and the index costs 32 bytes per this many rows.
 const INDEX_EVERY: u64 = 1024;
-
-/// How many characters of a cell or column name an error message quotes.
-const QUOTE_CHARS: usize = 80;
 
 /// One payload column: numbers (NaN where empty) unless a text cell makes it unusable.
 struct Column {
@@ -403,25 +401,6 @@ impl std::error::Error for Changed {
             _ => None,
         }
     }
-}
-
-/// A cell or name as an error message quotes it: at most [`QUOTE_CHARS`] characters,
-/// then `…` if there were more, with control characters escaped so that a message
-/// stays one line.
-fn quote(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    for c in chars.by_ref().take(QUOTE_CHARS) {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
 }
 
 fn ts_column(headers: &[String]) -> Option<usize> {

@@ -355,6 +355,8 @@ mod tests {
         for text in [
             "questdb:postgresql://u:secret6@db.example:8812/qdb?sslmode=require",
             "postgres:host=localhost user=u password=secret7 sslmode=require",
+            "postgres:postgresql://u:secret8@localhost/db?sslmode=verify-full",
+            "postgres:postgresql://u:secret9@localhost/db?SSLMODE=verify-ca",
         ] {
             let err = text.parse::<SourceSpec>().unwrap_err().to_string();
             assert!(

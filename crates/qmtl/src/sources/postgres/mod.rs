@@ -122,6 +122,11 @@ const DSN_EXAMPLE: &str = "postgresql://USER:PASSWORD@HOST:PORT/DB";
 const ENCODE_HINT: &str = "; if the user or password holds special characters, \
      percent-encode them (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)";
 
+/// Why a DSN demanding TLS (`sslmode=require`, `verify-ca`, `verify-full`) is refused.
+const NO_TLS: &str = "sslmode=require asks for TLS (as do verify-ca and verify-full), which \
+     qmtl does not speak to databases; drop sslmode (or set sslmode=disable) and reach a \
+     remote server through an SSH tunnel or a TLS proxy on localhost";
+
 /// The environment variable read for a password the DSN does not give.
 const PASSWORD_ENV: &str = "PGPASSWORD";
 
@@ -154,6 +159,21 @@ impl PgSource {
             },
             example: DSN_EXAMPLE,
         };
+        let lower = text.to_ascii_lowercase();
+        let demands_tls = [
+            "sslmode=require",
+            "sslmode=verify-ca",
+            "sslmode=verify-full",
+        ]
+        .iter()
+        .any(|mode| lower.contains(mode));
+        if demands_tls {
+            return Err(SourceSpecError::BadDsn {
+                scheme,
+                reason: NO_TLS.into(),
+                example: DSN_EXAMPLE,
+            });
+        }
         let mut config = Config::from_str(text).map_err(|e| bad(error_text(&e)))?;
         // `postgresql://u@:5432/db` parses as one host with an empty name.
         let empty_host = |h: &Host| matches!(h, Host::Tcp(name) if name.trim().is_empty());
@@ -183,10 +203,7 @@ impl PgSource {
         if config.get_ssl_mode() == SslMode::Require {
             return Err(SourceSpecError::BadDsn {
                 scheme,
-                reason: "sslmode=require asks for TLS, which qmtl does not speak to \
-                         databases; drop sslmode (or set sslmode=disable) and reach a remote \
-                         server through an SSH tunnel or a TLS proxy on localhost"
-                    .into(),
+                reason: NO_TLS.into(),
                 example: DSN_EXAMPLE,
             });
         }
