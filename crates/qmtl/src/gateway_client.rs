@@ -63,6 +63,9 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(150);
 /// Longest accepted answer body, in bytes.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
+/// The most characters of the gateway's `detail` (or `field`) an error shows.
+const MAX_DETAIL_CHARS: usize = 500;
+
 /// The limit on one request unless [`TIMEOUT_ENV`] says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -851,18 +854,26 @@ impl GatewayClient {
     }
 
     /// Text from the gateway, as it may be shown: the token, if echoed, replaced.
+    ///
+    /// The gateway's words are shown at most [`MAX_DETAIL_CHARS`] characters long, with
+    /// control characters escaped: an answer cannot flood the terminal or drive it.
     fn shown(&self, text: String) -> String {
-        match &self.token {
+        let masked = match &self.token {
             Some(token) if text.contains(token.as_str()) => text.replace(token.as_str(), "***"),
             _ => text,
-        }
+        };
+        crate::quote::quote_up_to(&masked, MAX_DETAIL_CHARS)
     }
 
     /// The start of an answer body, as it may be shown.
     fn excerpt(&self, bytes: &[u8]) -> String {
         // Decode all of it first, so a token straddling the cut is still found.
         let text = String::from_utf8_lossy(bytes).into_owned();
-        self.shown(text).chars().take(120).collect()
+        let masked = match &self.token {
+            Some(token) if text.contains(token.as_str()) => text.replace(token.as_str(), "***"),
+            _ => text,
+        };
+        crate::quote::quote_up_to(&masked, 120)
     }
 
     fn garbage(
@@ -903,7 +914,7 @@ impl GatewayClient {
                 url,
                 status,
                 detail,
-                field: problem.field,
+                field: problem.field.map(|f| self.shown(f)),
             },
             500..=599 => GatewayError::Server {
                 url,
@@ -1063,5 +1074,25 @@ mod tests {
             );
             assert!(!format!("{err:?}").contains(token), "{err:?}");
         }
+    }
+
+    /// Regression: a gateway's 200 kB detail holding terminal escapes was printed whole.
+    #[test]
+    fn a_gateways_words_are_shown_short_and_without_control_characters() {
+        let client = GatewayClient::new("http://127.0.0.1:1").unwrap();
+        let detail = format!(r"\u001b]0;owned\u0007{}", "d".repeat(200_000));
+        let json = format!(r#"{{"detail":"{detail}","field":"f\nx"}}"#);
+        for status in [400, 422, 500] {
+            let text = client.failure(status, json.as_bytes()).to_string();
+            assert!(text.len() < 1_000, "{status}: {} bytes", text.len());
+            assert!(!text.chars().any(char::is_control), "{status}: {text}");
+            assert!(text.contains("\\u{1b}]0;owned"), "{status}: {text}");
+        }
+        let raw = format!("\u{1b}[2J{}", "z".repeat(10_000));
+        let text = client.failure(502, raw.as_bytes()).to_string();
+        assert!(
+            text.len() < 400 && !text.chars().any(char::is_control),
+            "{text}"
+        );
     }
 }

@@ -8,9 +8,15 @@ pub const QUOTE_CHARS: usize = 80;
 
 /// `text` as a message quotes it; see the module docs.
 pub fn quote(text: &str) -> String {
+    quote_up_to(text, QUOTE_CHARS)
+}
+
+/// [`quote`] with another length: for longer texts that are still from outside, such as
+/// a server's error detail.
+pub fn quote_up_to(text: &str, max: usize) -> String {
     let mut out = String::new();
     let mut chars = text.chars();
-    for c in chars.by_ref().take(QUOTE_CHARS) {
+    for c in chars.by_ref().take(max) {
         if c.is_control() {
             out.extend(c.escape_debug());
         } else {
