@@ -190,6 +190,26 @@ fn a_bad_store_spec_is_a_usage_error_without_the_password() {
     }
 }
 
+/// Regression: a SQLite path in a missing directory, or a file that is not a database,
+/// exited 1 as if the gateway had failed at run time.
+#[test]
+fn a_sqlite_store_that_cannot_be_a_database_is_a_usage_error() {
+    let not_db = scratch("not-a-database.db");
+    std::fs::write(&not_db, "plain text, not SQLite\n").unwrap();
+    let specs = [
+        "sqlite:/nonexistent-qmtl-dir/x.db".to_owned(),
+        format!("sqlite:{}", not_db.display()),
+    ];
+    for spec in specs {
+        let out = qmtl()
+            .args(["gateway", "--listen", "127.0.0.1:0", "--store", &spec])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{spec}: {}", text(&out));
+        assert!(text(&out).contains("writable file"), "{}", text(&out));
+    }
+}
+
 #[test]
 fn an_unreachable_postgres_store_fails_without_printing_the_password() {
     // A listener of our own that hangs up on every connection.

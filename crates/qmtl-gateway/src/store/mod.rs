@@ -132,7 +132,10 @@ pub enum StoreError {
         source: tokio_postgres::Error,
     },
     /// The SQLite database could not be opened or set up.
-    #[error("cannot open the SQLite store {path}: {source}")]
+    #[error(
+        "cannot open the SQLite store {path}: {source}; give a writable file in an existing \
+         directory (sqlite:PATH) or sqlite::memory:"
+    )]
     SqliteOpen {
         /// The path (or `:memory:`).
         path: String,
@@ -271,14 +274,22 @@ impl StoreError {
     }
 
     /// Whether the error is in the user's configuration (a bad spec or DSN, a wrong
-    /// user name or password).
+    /// user name or password, a SQLite path that cannot be a database file).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::BadSpec { .. }
-                | StoreError::BadDsn { .. }
-                | StoreError::PostgresAuth { .. }
-        )
+            | StoreError::BadDsn { .. }
+            | StoreError::PostgresAuth { .. } => true,
+            StoreError::SqliteOpen { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::NotADatabase
+                        | rusqlite::ErrorCode::ReadOnly
+                )
+            ),
+            _ => false,
+        }
     }
 }
 
