@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{LiveBatch, LiveError, LiveFeed, LiveSource};
-use crate::quote::quote;
+use crate::quote::{quote, quote_up_to};
 use crate::time::{check_seconds, parse_whole_timestamp, Timestamp};
 
 /// Rows parsed ahead of the runner.
@@ -176,7 +176,9 @@ fn parse_line(text: &str, feeds: &[LiveFeed]) -> Result<(usize, Timestamp, Vec<f
             None => return Err(format!("ts {n} is not whole epoch seconds")),
         },
         Some(serde_json::Value::String(t)) => {
-            parse_whole_timestamp(t).map_err(|e| format!("ts: {e}"))?
+            // The parser's words quote the text whole: shown short and escaped.
+            parse_whole_timestamp(t)
+                .map_err(|e| format!("ts: {}", quote_up_to(&e.to_string(), 300)))?
         }
         _ => return Err("no \"ts\" (epoch seconds or ISO-8601 text)".to_owned()),
     };
@@ -301,6 +303,11 @@ mod tests {
             (
                 "{\"stream\":\"\\u001b[31mx\",\"ts\":1}",
                 "stream '\\u{1b}[31mx' is not a feed",
+            ),
+            // Regression: a bad ts text was quoted whole, control characters and all.
+            (
+                "{\"stream\":\"bars\",\"ts\":\"\\u001b[31m\\n999\"}",
+                "ts: timestamp '\\u{1b}[31m\\n999'",
             ),
             // Regression: a fraction written as text was cut to whole seconds.
             (
