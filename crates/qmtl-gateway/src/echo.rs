@@ -7,13 +7,13 @@
 use std::fmt;
 
 /// The most characters of one client-sent value an error answer repeats.
-pub const MAX_ECHO_CHARS: usize = 80;
+pub const MAX_ECHO_CHARS: usize = qmtl::quote::QUOTE_CHARS;
 
 /// The most characters of an error answer's `detail`.
 pub const MAX_DETAIL_CHARS: usize = 500;
 
 /// `text` as an error message shows it: its first [`MAX_ECHO_CHARS`] characters, with
-/// `…` when it was longer.
+/// `…` when it was longer, control characters escaped ([`qmtl::quote::quote`]).
 pub fn echo(text: &str) -> Echo<'_> {
     Echo(text)
 }
@@ -24,16 +24,13 @@ pub struct Echo<'a>(&'a str);
 
 impl fmt::Display for Echo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&capped(self.0, MAX_ECHO_CHARS))
+        f.write_str(&qmtl::quote::quote(self.0))
     }
 }
 
 /// The first `max` characters of `text`, with `…` appended when it was longer.
-pub fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        None => std::borrow::Cow::Borrowed(text),
-        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
-    }
+pub fn capped(text: &str, max: usize) -> String {
+    qmtl::quote::quote_up_to(text, max)
 }
 
 #[cfg(test)]

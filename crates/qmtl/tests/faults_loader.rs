@@ -96,35 +96,24 @@ const WAITING_ON_TABLE: &str = "SELECT l.pid FROM pg_locks l \
 
 /// Waits until a backend of the loader waits on a lock on `table`, and returns its pid.
 async fn backend_waiting_on(client: &Client, table: &str) -> i32 {
-    let began = Instant::now();
-    loop {
-        let rows = client.query(WAITING_ON_TABLE, &[&table]).await.unwrap();
-        if let Some(row) = rows.first() {
-            return row.get(0);
-        }
-        assert!(
-            began.elapsed() < PATIENCE,
-            "no loader backend waits on {table}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    backend_waiting_on_except(client, table, None).await
 }
 
-/// Waits until the loader's backend `stuck` no longer waits on a lock on `table` and
-/// another one does, and returns the other's pid.
-async fn backend_waiting_on_except(client: &Client, table: &str, stuck: i32) -> i32 {
+/// Waits until a backend of the loader other than `stuck` waits on a lock on `table`
+/// while `stuck` no longer does, and returns its pid.
+async fn backend_waiting_on_except(client: &Client, table: &str, stuck: Option<i32>) -> i32 {
     let began = Instant::now();
     loop {
         let rows = client.query(WAITING_ON_TABLE, &[&table]).await.unwrap();
         let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-        if !pids.contains(&stuck) {
+        if stuck.is_none_or(|stuck| !pids.contains(&stuck)) {
             if let Some(&other) = pids.first() {
                 return other;
             }
         }
         assert!(
             began.elapsed() < PATIENCE,
-            "backend {stuck} still waits on {table} (waiting: {pids:?})"
+            "no loader backend but {stuck:?} waits on {table} (waiting: {pids:?})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -403,7 +392,7 @@ async fn a_hung_fetch_times_out_counts_a_retry_and_the_next_attempt_succeeds() {
 
     // The timed-out statement is cancelled on the server and the retry runs on a fresh
     // session, not queued behind it on the abandoned one.
-    let retry = backend_waiting_on_except(&watch, "fault_hang", stuck).await;
+    let retry = backend_waiting_on_except(&watch, "fault_hang", Some(stuck)).await;
     assert_ne!(retry, stuck);
     psql.batch_execute("COMMIT").await.unwrap();
     let report = run.await.unwrap().unwrap();
