@@ -256,9 +256,8 @@ pub fn main_with(registry: StrategyRegistry) -> ExitCode {
     match dispatch(cli.command, &registry) {
         Ok(code) => code,
         Err(error) => {
-            // Every error's message already ends with its cause. Errors mask the secrets
-            // they know of; the last pass masks a DSN quoted anywhere else.
-            eprintln!("error: {}", qmtl::secret::redact_dsn(&error.to_string()));
+            // Every error's message already ends with its cause.
+            eprintln!("error: {error}");
             ExitCode::from(exit_code(&error))
         }
     }

@@ -634,3 +634,27 @@ fn cli_mistakes_exit_2_saying_what_is_accepted() {
     assert_usage_errors(&cases);
     drop(taken);
 }
+
+/// Regression: a DSN given to `csv:` by mistake, or the second of two comma-joined DSNs,
+/// had its password printed.
+#[test]
+fn a_password_in_a_misplaced_or_second_dsn_is_never_printed() {
+    let (one, two) = (support::pg::closed_port(), support::pg::closed_port());
+    let specs = [
+        format!("csv:postgresql://u:SECRETPW1@127.0.0.1:{one}/db"),
+        format!(
+            "questdb:postgresql://u:pw@127.0.0.1:{one}/db,\
+             postgresql://u:SECRETPW2@127.0.0.1:{two}/db"
+        ),
+    ];
+    for spec in specs {
+        let mut args = sample_run(&spec);
+        args.extend(["--max-retries".to_owned(), "0".to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = qmtl(&args);
+        let all = text(&out);
+        assert!(matches!(out.status.code(), Some(1 | 2)), "{spec}: {all}");
+        assert!(!all.contains("SECRETPW"), "{spec}: {all}");
+        assert!(!all.contains("panicked"), "{spec}: {all}");
+    }
+}

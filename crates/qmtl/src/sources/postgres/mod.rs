@@ -109,7 +109,7 @@ impl fmt::Display for PgSource {
         }
         f.write_str(&self.addrs().join(","))?;
         if let Some(db) = self.config.get_dbname() {
-            write!(f, "/{db}")?;
+            write!(f, "/{}", crate::secret::redact_dsn(db))?;
         }
         Ok(())
     }
@@ -198,6 +198,17 @@ impl PgSource {
         }
         if config.get_user().is_none_or(str::is_empty) {
             return Err(bad("the DSN names no user".into()));
+        }
+        // `postgresql://u@h/db,postgresql://u:pw@h2/db` parses as one DSN whose database
+        // name holds the second.
+        if config.get_dbname().is_some_and(|db| db.contains("://")) {
+            return Err(SourceSpecError::BadDsn {
+                scheme,
+                reason: "the database name holds another DSN; give one DSN (several hosts \
+                         go in one: postgresql://USER:PASSWORD@HOST1:PORT1,HOST2:PORT2/DB)"
+                    .into(),
+                example: DSN_EXAMPLE,
+            });
         }
         // Connections are plain TCP: a DSN that demands TLS could never connect.
         if config.get_ssl_mode() == SslMode::Require {
