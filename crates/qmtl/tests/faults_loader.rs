@@ -202,6 +202,16 @@ fn runner(loader: Arc<dyn CacheLoader>, config: BackfillConfig, metrics: &Arc<Me
         .backfill_end(END)
 }
 
+/// A momentum backtest over the bundled range, reading the bars from `source`.
+fn source_runner(source: &str, config: BackfillConfig, metrics: &Arc<Metrics>) -> Runner {
+    Runner::backtest(MomentumStrategy::default())
+        .backfill_source(source.to_owned())
+        .backfill_config(config)
+        .metrics(metrics.clone())
+        .backfill_start(START)
+        .backfill_end(END)
+}
+
 /// (name, rows_loaded, first_ts, last_ts, ready, gaps, outputs) of every node.
 type Figures = Vec<(String, u64, Option<i64>, Option<i64>, bool, u64, u64)>;
 
@@ -308,16 +318,15 @@ async fn a_database_down_at_the_start_is_waited_for_within_the_retry_budget() {
                 .unwrap();
         })
     };
-    let report = Runner::backtest(MomentumStrategy::default())
-        .backfill_source(format!("postgres:{}", server.dsn()))
-        .backfill_table("fault_down")
-        .backfill_config(BackfillConfig::default().max_retries(12))
-        .metrics(metrics.clone())
-        .backfill_start(START)
-        .backfill_end(END)
-        .run()
-        .await
-        .unwrap();
+    let report = source_runner(
+        &format!("postgres:{}", server.dsn()),
+        BackfillConfig::default().max_retries(12),
+        &metrics,
+    )
+    .backfill_table("fault_down")
+    .run()
+    .await
+    .unwrap();
     starter.await.unwrap();
 
     assert!(report.succeeded(), "{:?}", report.jobs);
@@ -333,15 +342,14 @@ async fn a_database_that_stays_down_fails_naming_host_and_port_after_the_budget(
     let server = pg::private();
     server.stop();
     let metrics = Arc::new(Metrics::new());
-    let err = Runner::backtest(MomentumStrategy::default())
-        .backfill_source(format!("postgres:{}", server.dsn()))
-        .backfill_config(BackfillConfig::default().max_retries(2))
-        .metrics(metrics.clone())
-        .backfill_start(START)
-        .backfill_end(END)
-        .run()
-        .await
-        .unwrap_err();
+    let err = source_runner(
+        &format!("postgres:{}", server.dsn()),
+        BackfillConfig::default().max_retries(2),
+        &metrics,
+    )
+    .run()
+    .await
+    .unwrap_err();
 
     let text = err.to_string();
     assert!(
@@ -431,15 +439,14 @@ async fn a_server_that_never_answers_is_bounded_by_connect_timeout_then_retried(
     let port = silent_server();
     let dsn = format!("postgresql://qmtl:hunter2secret@127.0.0.1:{port}/qmtl?connect_timeout=1");
     let metrics = Arc::new(Metrics::new());
-    let err = Runner::backtest(MomentumStrategy::default())
-        .backfill_source(format!("postgres:{dsn}"))
-        .backfill_config(BackfillConfig::default().max_retries(1))
-        .metrics(metrics.clone())
-        .backfill_start(START)
-        .backfill_end(END)
-        .run()
-        .await
-        .unwrap_err();
+    let err = source_runner(
+        &format!("postgres:{dsn}"),
+        BackfillConfig::default().max_retries(1),
+        &metrics,
+    )
+    .run()
+    .await
+    .unwrap_err();
     let text = err.to_string();
     assert!(
         matches!(
@@ -462,19 +469,16 @@ async fn a_server_that_never_answers_is_bounded_by_the_request_timeout() {
     let port = silent_server();
     let dsn = format!("postgresql://qmtl:hunter2secret@127.0.0.1:{port}/qmtl");
     let metrics = Arc::new(Metrics::new());
-    let err = Runner::backtest(MomentumStrategy::default())
-        .backfill_source(format!("postgres:{dsn}"))
-        .backfill_config(
-            BackfillConfig::default()
-                .max_retries(1)
-                .request_timeout(Some(Duration::from_millis(500))),
-        )
-        .metrics(metrics.clone())
-        .backfill_start(START)
-        .backfill_end(END)
-        .run()
-        .await
-        .unwrap_err();
+    let err = source_runner(
+        &format!("postgres:{dsn}"),
+        BackfillConfig::default()
+            .max_retries(1)
+            .request_timeout(Some(Duration::from_millis(500))),
+        &metrics,
+    )
+    .run()
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             &err,

@@ -71,6 +71,10 @@ CREATE INDEX IF NOT EXISTS gateway_strategies_lease
     ON gateway_strategies (lease_expires_ms) WHERE status = 'active';
 ";
 
+const END_ACTIVE: &str = "
+UPDATE gateway_strategies SET status = 'ended', ended_at = ?2
+WHERE strategy_id = ?1 AND status = 'active'";
+
 const EXPIRE: &str = "
 UPDATE gateway_strategies SET status = 'ended', ended_at = ?2
 WHERE status = 'active' AND lease_expires_ms IS NOT NULL AND lease_expires_ms <= ?1";
@@ -238,12 +242,8 @@ impl SqliteStore {
                 .optional()
                 .map_err(sql(op))?;
             if let Some(id) = &id {
-                conn.execute(
-                    "UPDATE gateway_strategies SET status = 'ended', ended_at = ?2 \
-                     WHERE strategy_id = ?1 AND status = 'active'",
-                    params![id, ended_at],
-                )
-                .map_err(sql(op))?;
+                conn.execute(END_ACTIVE, params![id, ended_at])
+                    .map_err(sql(op))?;
             }
             Ok(id)
         })
@@ -300,12 +300,8 @@ impl SqliteStore {
                 .map_err(sql(op))?
                 .is_some();
             if known {
-                conn.execute(
-                    "UPDATE gateway_strategies SET status = 'ended', ended_at = ?2 \
-                     WHERE strategy_id = ?1 AND status = 'active'",
-                    params![id, ended_at],
-                )
-                .map_err(sql(op))?;
+                conn.execute(END_ACTIVE, params![id, ended_at])
+                    .map_err(sql(op))?;
             }
             Ok(known)
         })
